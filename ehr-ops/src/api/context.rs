@@ -1,0 +1,62 @@
+//! Extracts the request context (tenant, user, client, request id) and the
+//! base URL for each request, and logs one line per request.
+
+use axum::extract::{FromRequestParts, Path};
+use http::request::Parts;
+
+use super::AppState;
+use crate::context::RequestContext;
+use crate::error::FhirError;
+use crate::interactions::Call;
+
+/// Everything a handler needs to know about who calls and where.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The interaction call (context and base URL).
+    pub call: Call,
+}
+
+fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+impl FromRequestParts<AppState> for Ctx {
+    type Rejection = super::render::ErrorResponse;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Ctx, Self::Rejection> {
+        let request_id = header(parts, "x-request-id").unwrap_or_default().to_owned();
+        let tenant = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .ok()
+            .and_then(|Path(params)| params.into_iter().find(|(name, _)| name == "tenant").map(|(_, v)| v))
+            .unwrap_or_default();
+        // NOTE: no authentication yet; every request runs as `anonymous`.
+        // An authenticating layer sets the user and client here.
+        let context = RequestContext {
+            tenant: tenant.clone(),
+            user: "anonymous".to_owned(),
+            client: header(parts, "x-client-id").unwrap_or("unknown").to_owned(),
+            request_id: request_id.clone(),
+        };
+        let origin = match &state.config.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let host = header(parts, "host").unwrap_or("localhost");
+                let scheme = header(parts, "x-forwarded-proto").unwrap_or("http");
+                format!("{scheme}://{host}")
+            }
+        };
+        if tenant.is_empty() {
+            return Err(super::render::ErrorResponse {
+                error: FhirError::UnknownTenant(String::new()),
+                request_id,
+            });
+        }
+        Ok(Ctx {
+            call: Call {
+                context,
+                base: format!("{origin}/fhir/{tenant}"),
+            },
+        })
+    }
+}

@@ -1,0 +1,593 @@
+//! Bulk loading of FHIR files: Bulk Data NDJSON (`.ndjson`, `.ndjson.gz`),
+//! batch or transaction Bundles (`.json`, `.json.gz`), and folders of them.
+//!
+//! Resources keep the ids they carry; a Bundle entry whose `fullUrl` is
+//! `urn:uuid:X` gets the id X, and references to that fullUrl become
+//! `Type/X`. Loading content equal to what is stored adds no version, so a
+//! load can be repeated. Each batch commits on its own: when a load stops on
+//! an invalid resource, the batches before it stay, and running the same
+//! load again after fixing the file finishes it without duplicates.
+//!
+//! Parsing, validation and index extraction run on a blocking thread while
+//! the previous batch is written, so CPU work and database work overlap.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::error::FhirError;
+use crate::postgres::Database;
+use crate::store::{self, PreparedResource, bulk};
+
+/// Why a load failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A path does not exist or cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path has an extension the loader does not know.
+    #[error("{0}: unsupported file; expected .ndjson, .ndjson.gz, .json or .json.gz")]
+    UnsupportedFile(PathBuf),
+    /// A resource is malformed or invalid.
+    #[error("{location}: {message}")]
+    Invalid {
+        /// `file:line` or `file entry N`.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tenant does not exist.
+    #[error("unknown tenant '{0}'; create it with `infoctor tenant create {0}`")]
+    UnknownTenant(String),
+    /// A database failure.
+    #[error("database error while loading: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A failure of the store.
+    #[error("store error while loading: {0}")]
+    Store(#[from] FhirError),
+}
+
+/// Settings of a load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Resources per database transaction.
+    pub batch_size: usize,
+    /// Skip invalid resources (logged and counted) instead of stopping.
+    pub skip_invalid: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            batch_size: 1000,
+            skip_invalid: false,
+        }
+    }
+}
+
+/// Counts for one resource type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TypeCounts {
+    /// New resources.
+    pub created: usize,
+    /// Changed resources.
+    pub updated: usize,
+    /// Resources equal to what was stored.
+    pub unchanged: usize,
+    /// Invalid resources skipped.
+    pub skipped: usize,
+}
+
+/// Summary of a load.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Counts per resource type.
+    pub per_type: BTreeMap<String, TypeCounts>,
+    /// Files read.
+    pub files: usize,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl LoadReport {
+    /// Resources read, all outcomes together.
+    pub fn total(&self) -> usize {
+        self.per_type
+            .values()
+            .map(|c| c.created + c.updated + c.unchanged + c.skipped)
+            .sum()
+    }
+}
+
+/// Receives progress as the load runs.
+pub trait Progress: Send + Sync {
+    /// Total bytes of all input files, known before reading.
+    fn start(&self, total_bytes: u64);
+    /// Resources written and input bytes consumed since the last call.
+    fn advance(&self, resources: u64, bytes: u64);
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _total_bytes: u64) {}
+    fn advance(&self, _resources: u64, _bytes: u64) {}
+}
+
+/// Expands folders into the loadable files under them, sorted by path.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut files = Vec::new();
+    for path in paths {
+        let metadata = std::fs::metadata(path).map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if metadata.is_dir() {
+            let mut found = Vec::new();
+            walk(path, &mut found)?;
+            found.sort();
+            files.extend(found);
+        } else if file_kind(path).is_some() {
+            files.push(path.clone());
+        } else {
+            return Err(LoadError::UnsupportedFile(path.clone()));
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    for entry in entries {
+        let path = entry
+            .map_err(|source| LoadError::Io {
+                path: dir.to_owned(),
+                source,
+            })?
+            .path();
+        if path.is_dir() {
+            walk(&path, found)?;
+        } else if file_kind(&path).is_some() {
+            found.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Ndjson,
+    Bundle,
+}
+
+fn file_kind(path: &Path) -> Option<(FileKind, bool)> {
+    let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+    let (stem, gzip) = match name.strip_suffix(".gz") {
+        Some(stem) => (stem.to_owned(), true),
+        None => (name, false),
+    };
+    if stem.ends_with(".ndjson") {
+        // Bulk Data exports carry a log file next to the data; it is not FHIR data.
+        if stem == "log.ndjson" {
+            return None;
+        }
+        Some((FileKind::Ndjson, gzip))
+    } else if stem.ends_with(".json") {
+        Some((FileKind::Bundle, gzip))
+    } else {
+        None
+    }
+}
+
+/// Counts bytes read so progress can follow compressed input.
+struct CountingReader<R> {
+    inner: R,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+fn open(
+    path: &Path,
+    gzip: bool,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<Box<dyn BufRead + Send>, LoadError> {
+    let file = File::open(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let counted = CountingReader { inner: file, count };
+    Ok(if gzip {
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted))))
+    } else {
+        Box::new(BufReader::new(counted))
+    })
+}
+
+/// One item on its way to the database.
+enum Item {
+    Batch(Vec<PreparedResource>, u64),
+    Skipped(String),
+}
+
+/// Loads files into a tenant.
+pub async fn load(
+    db: &Database,
+    tenant: &str,
+    paths: &[PathBuf],
+    options: &LoadOptions,
+    progress: &dyn Progress,
+) -> Result<LoadReport, LoadError> {
+    let started = Instant::now();
+    {
+        let mut tx = db.begin_tenant(tenant).await?;
+        store::ensure_tenant(&mut tx, tenant)
+            .await
+            .map_err(|_| LoadError::UnknownTenant(tenant.to_owned()))?;
+        tx.commit().await?;
+    }
+    let files = collect_files(paths)?;
+    let total_bytes: u64 = files
+        .iter()
+        .filter_map(|file| std::fs::metadata(file).ok())
+        .map(|metadata| metadata.len())
+        .sum();
+    progress.start(total_bytes);
+    tracing::info!(tenant, files = files.len(), total_bytes, "load started");
+
+    let (sender, mut receiver) = mpsc::channel::<Result<Item, LoadError>>(2);
+    let producer_files = files.clone();
+    let producer_options = options.clone();
+    let producer = tokio::task::spawn_blocking(move || produce(&producer_files, &producer_options, &sender));
+
+    let mut report = LoadReport {
+        files: files.len(),
+        ..LoadReport::default()
+    };
+    let mut failure = None;
+    while let Some(item) = receiver.recv().await {
+        match item {
+            Ok(Item::Batch(batch, bytes)) => {
+                let count = batch.len() as u64;
+                let types: Vec<String> = batch.iter().map(|p| p.resource_type.clone()).collect();
+                let mut tx = db.begin_tenant(tenant).await?;
+                let per_type = write_grouped(&mut tx, batch).await?;
+                tx.commit().await?;
+                for (resource_type, counts) in per_type {
+                    let entry = report.per_type.entry(resource_type).or_default();
+                    entry.created += counts.created;
+                    entry.updated += counts.updated;
+                    entry.unchanged += counts.unchanged;
+                }
+                drop(types);
+                progress.advance(count, bytes);
+            }
+            Ok(Item::Skipped(resource_type)) => {
+                report.per_type.entry(resource_type).or_default().skipped += 1;
+            }
+            Err(err) => {
+                failure = Some(err);
+                break;
+            }
+        }
+    }
+    drop(receiver);
+    let produced = producer
+        .await
+        .map_err(|err| LoadError::Store(FhirError::Internal(format!("loader thread failed: {err}"))))?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    produced?;
+    report.elapsed = started.elapsed();
+    tracing::info!(
+        tenant,
+        resources = report.total(),
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "load finished"
+    );
+    Ok(report)
+}
+
+/// Writes a batch, keeping per-type counts.
+async fn write_grouped(
+    conn: &mut sqlx::PgConnection,
+    batch: Vec<PreparedResource>,
+) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
+    let mut groups: BTreeMap<String, Vec<PreparedResource>> = BTreeMap::new();
+    for prepared in batch {
+        groups.entry(prepared.resource_type.clone()).or_default().push(prepared);
+    }
+    let mut counts = BTreeMap::new();
+    for (resource_type, group) in groups {
+        let result = bulk::write_batch(conn, group).await?;
+        counts.insert(resource_type, result);
+    }
+    Ok(counts)
+}
+
+/// Reads every file, prepares resources and sends them in batches. Runs on a
+/// blocking thread.
+fn produce(
+    files: &[PathBuf],
+    options: &LoadOptions,
+    sender: &mpsc::Sender<Result<Item, LoadError>>,
+) -> Result<(), LoadError> {
+    let bytes_read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut reported_bytes = 0u64;
+    let mut pending: Vec<(String, String, Value, String)> = Vec::with_capacity(options.batch_size);
+    let flush = |pending: &mut Vec<(String, String, Value, String)>, reported_bytes: &mut u64| -> Result<bool, LoadError> {
+        if pending.is_empty() {
+            return Ok(true);
+        }
+        let items = std::mem::take(pending);
+        let mut prepared = Vec::with_capacity(items.len());
+        for (resource_type, id, resource, location) in items {
+            match store::prepare(&resource_type, &id, resource) {
+                Ok(resource) => prepared.push(resource),
+                Err(err) => {
+                    let message = describe(&err);
+                    if options.skip_invalid {
+                        tracing::warn!(location = %location, error = %message, "skipped invalid resource");
+                        if sender.blocking_send(Ok(Item::Skipped(resource_type))).is_err() {
+                            return Ok(false);
+                        }
+                    } else {
+                        return Err(LoadError::Invalid { location, message });
+                    }
+                }
+            }
+        }
+        let now = bytes_read.load(std::sync::atomic::Ordering::Relaxed);
+        let delta = now - *reported_bytes;
+        *reported_bytes = now;
+        Ok(sender.blocking_send(Ok(Item::Batch(prepared, delta))).is_ok())
+    };
+    let result = (|| -> Result<(), LoadError> {
+        for file in files {
+            let Some((kind, gzip)) = file_kind(file) else {
+                continue;
+            };
+            let reader = open(file, gzip, bytes_read.clone())?;
+            let display = file.display().to_string();
+            match kind {
+                FileKind::Ndjson => {
+                    for (number, line) in reader.lines().enumerate() {
+                        let line = line.map_err(|source| LoadError::Io {
+                            path: file.clone(),
+                            source,
+                        })?;
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        let location = format!("{display}:{}", number + 1);
+                        let resource: Value = serde_json::from_str(&line).map_err(|err| LoadError::Invalid {
+                            location: location.clone(),
+                            message: format!("malformed JSON: {err}"),
+                        })?;
+                        let (resource_type, id) = identify(&resource, &location)?;
+                        pending.push((resource_type, id, resource, location));
+                        if pending.len() >= options.batch_size && !flush(&mut pending, &mut reported_bytes)? {
+                            return Ok(());
+                        }
+                    }
+                }
+                FileKind::Bundle => {
+                    let bundle: Value = serde_json::from_reader(reader).map_err(|err| LoadError::Invalid {
+                        location: display.clone(),
+                        message: format!("malformed JSON: {err}"),
+                    })?;
+                    for (resource_type, id, resource, location) in bundle_resources(bundle, &display)? {
+                        pending.push((resource_type, id, resource, location));
+                        if pending.len() >= options.batch_size && !flush(&mut pending, &mut reported_bytes)? {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+        flush(&mut pending, &mut reported_bytes)?;
+        Ok(())
+    })();
+    if let Err(err) = result {
+        let message = err.to_string();
+        // The receiver reports the error; if it is gone, the error is returned.
+        if sender.blocking_send(Err(err)).is_err() {
+            return Err(LoadError::Invalid {
+                location: "loader".to_owned(),
+                message,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn describe(err: &FhirError) -> String {
+    match err {
+        FhirError::Invalid(issues) => issues
+            .iter()
+            .map(|issue| match issue.expression.first() {
+                Some(expression) => format!("{} ({expression})", issue.diagnostics),
+                None => issue.diagnostics.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+fn identify(resource: &Value, location: &str) -> Result<(String, String), LoadError> {
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| LoadError::Invalid {
+            location: location.to_owned(),
+            message: "missing resourceType".to_owned(),
+        })?;
+    let id = resource.get("id").and_then(Value::as_str).ok_or_else(|| LoadError::Invalid {
+        location: location.to_owned(),
+        message: format!("{resource_type} without id; bulk files must carry ids so reloading is idempotent"),
+    })?;
+    Ok((resource_type.to_owned(), id.to_owned()))
+}
+
+/// Takes the resources out of a batch or transaction Bundle, giving each its
+/// id and rewriting references between entries.
+fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<(String, String, Value, String)>, LoadError> {
+    let bundle_type = bundle.get("type").and_then(Value::as_str).unwrap_or_default();
+    if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
+        || !matches!(bundle_type, "batch" | "transaction" | "collection")
+    {
+        return Err(LoadError::Invalid {
+            location: display.to_owned(),
+            message: "expected a Bundle of type batch, transaction or collection".to_owned(),
+        });
+    }
+    let Some(Value::Array(entries)) = bundle.get("entry").cloned() else {
+        return Ok(Vec::new());
+    };
+    let mut resources = Vec::with_capacity(entries.len());
+    let mut references: HashMap<String, String> = HashMap::new();
+    for (index, entry) in entries.into_iter().enumerate() {
+        let location = format!("{display} entry {index}");
+        let method = entry.pointer("/request/method").and_then(Value::as_str);
+        if matches!(method, Some("DELETE" | "GET" | "HEAD" | "PATCH")) {
+            return Err(LoadError::Invalid {
+                location,
+                message: format!("request method {} cannot be bulk loaded; send the Bundle to the API", method.unwrap_or_default()),
+            });
+        }
+        let Some(resource) = entry.get("resource").cloned() else {
+            return Err(LoadError::Invalid {
+                location,
+                message: "entry without resource".to_owned(),
+            });
+        };
+        let resource_type = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .ok_or_else(|| LoadError::Invalid {
+                location: location.clone(),
+                message: "missing resourceType".to_owned(),
+            })?
+            .to_owned();
+        let full_url = entry.get("fullUrl").and_then(Value::as_str);
+        let id = match (full_url.and_then(|url| url.strip_prefix("urn:uuid:")), resource.get("id").and_then(Value::as_str)) {
+            (Some(uuid), _) => uuid.to_owned(),
+            (None, Some(id)) => id.to_owned(),
+            (None, None) => {
+                let from_url = entry
+                    .pointer("/request/url")
+                    .and_then(Value::as_str)
+                    .and_then(|url| url.split('?').next())
+                    .and_then(|url| url.split('/').nth(1))
+                    .map(str::to_owned);
+                from_url.ok_or_else(|| LoadError::Invalid {
+                    location: location.clone(),
+                    message: "entry has neither an id, a urn:uuid fullUrl nor a Type/id request.url".to_owned(),
+                })?
+            }
+        };
+        if let Some(full_url) = full_url {
+            references.insert(full_url.to_owned(), format!("{resource_type}/{id}"));
+        }
+        resources.push((resource_type, id, resource, location));
+    }
+    for (_, _, resource, location) in &mut resources {
+        rewrite(resource, &references, location)?;
+    }
+    Ok(resources)
+}
+
+fn rewrite(value: &mut Value, references: &HashMap<String, String>, location: &str) -> Result<(), LoadError> {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map.iter_mut() {
+                if key == "reference"
+                    && let Value::String(reference) = child
+                {
+                    if let Some(target) = references.get(reference.as_str()) {
+                        *reference = target.clone();
+                    } else if reference.starts_with("urn:uuid:") {
+                        return Err(LoadError::Invalid {
+                            location: location.to_owned(),
+                            message: format!("reference '{reference}' names no entry of this Bundle"),
+                        });
+                    } else if reference.contains('?') && !reference.contains("://") {
+                        return Err(LoadError::Invalid {
+                            location: location.to_owned(),
+                            message: format!(
+                                "conditional reference '{reference}' cannot be bulk loaded; POST the Bundle to the API instead"
+                            ),
+                        });
+                    }
+                } else {
+                    rewrite(child, references, location)?;
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                rewrite(item, references, location)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn file_kinds() {
+        assert_eq!(file_kind(Path::new("a/Patient.ndjson.gz")), Some((FileKind::Ndjson, true)));
+        assert_eq!(file_kind(Path::new("b.json")), Some((FileKind::Bundle, false)));
+        assert_eq!(file_kind(Path::new("log.ndjson.gz")), None);
+        assert_eq!(file_kind(Path::new("notes.txt")), None);
+    }
+
+    #[test]
+    fn bundle_urn_uuid_becomes_id_and_reference() {
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:o1", "resource": {"resourceType": "Observation", "subject": {"reference": "urn:uuid:p1"}},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]});
+        let resources = bundle_resources(bundle, "test").unwrap();
+        assert_eq!(resources[0].1, "p1");
+        assert_eq!(resources[1].2["subject"]["reference"], "Patient/p1");
+    }
+
+    #[test]
+    fn bundle_dangling_urn_is_rejected() {
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:o1", "resource": {"resourceType": "Observation", "subject": {"reference": "urn:uuid:missing"}},
+             "request": {"method": "POST", "url": "Observation"}}
+        ]});
+        assert!(bundle_resources(bundle, "test").is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! The application role: created once per PostgreSQL cluster, granted access
+//! to the tables, and checked at every start.
+
+use sqlx::PgPool;
+
+use super::DatabaseError;
+
+/// Name of the role the API and the loader connect as.
+pub const APP_ROLE: &str = "infoctor_app";
+
+/// Creates the application role if it is missing and sets its password.
+pub(super) async fn ensure_app_role(admin: &PgPool, password: Option<&str>) -> Result<(), DatabaseError> {
+    // Two processes may race to create the role; duplicate_object is benign.
+    let create = format!(
+        "DO $$ BEGIN \
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN \
+             CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE; \
+           END IF; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
+         END $$"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(create)).execute(admin).await?;
+    if let Some(password) = password {
+        // ALTER ROLE takes no bind parameters; quote the literal on the server.
+        let quoted: String = sqlx::query_scalar("SELECT quote_literal($1)")
+            .bind(password)
+            .fetch_one(admin)
+            .await?;
+        let alter = format!("ALTER ROLE {APP_ROLE} PASSWORD {quoted}");
+        sqlx::query(sqlx::AssertSqlSafe(alter)).execute(admin).await?;
+    }
+    Ok(())
+}
+
+/// Grants the application role what it needs on the current schema: it reads
+/// tenants and reads and writes resources, never DDL.
+pub(super) async fn grant_app_role(admin: &PgPool) -> Result<(), DatabaseError> {
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(admin)
+        .await?;
+    let statements = [
+        format!("GRANT CONNECT ON DATABASE \"{database}\" TO {APP_ROLE}"),
+        format!("GRANT USAGE ON SCHEMA public TO {APP_ROLE}"),
+        format!("GRANT SELECT ON tenants TO {APP_ROLE}"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON resource_versions, resources, idx_string, \
+             idx_token, idx_date, idx_number, idx_quantity, idx_reference, idx_uri TO {APP_ROLE}"
+        ),
+    ];
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(admin).await?;
+    }
+    Ok(())
+}
+
+/// Refuses a role that could see past row-level security.
+pub(super) async fn check_app_role(admin: &PgPool) -> Result<(), DatabaseError> {
+    let unsafe_role: bool = sqlx::query_scalar(
+        "SELECT r.rolsuper OR r.rolbypassrls OR EXISTS ( \
+             SELECT 1 FROM pg_class c WHERE c.relowner = r.oid AND c.relkind IN ('r', 'p')) \
+         FROM pg_roles r WHERE r.rolname = $1",
+    )
+    .bind(APP_ROLE)
+    .fetch_one(admin)
+    .await?;
+    if unsafe_role {
+        return Err(DatabaseError::UnsafeAppRole {
+            role: APP_ROLE.to_owned(),
+        });
+    }
+    Ok(())
+}

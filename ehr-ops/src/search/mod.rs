@@ -1,0 +1,299 @@
+//! FHIR search: parameters parsed into filters, filters run as SQL over the
+//! index tables, results paged with keyset cursors.
+//!
+//! Keyset paging keeps `next` and `previous` links consistent while others
+//! write: a page starts strictly after (or before) the sort values of the
+//! last row the client saw, so inserts and deletes elsewhere neither repeat
+//! nor skip rows that existed on both reads. The tie-break is always the
+//! resource id.
+
+pub mod params;
+pub mod sql;
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
+
+use crate::error::{FhirError, FhirResult};
+use crate::store::{self, StoredResource};
+pub use params::{SearchRequest, Summary};
+
+/// Upper bound on resources added by `_include` and `_revinclude` per page.
+// NOTE: includes past this bound are dropped and the response carries a warning.
+pub const MAX_INCLUDED: usize = 1000;
+
+/// A page of search results.
+#[derive(Debug, Default)]
+pub struct SearchPage {
+    /// Matching resources in sort order.
+    pub matches: Vec<StoredResource>,
+    /// Resources added by `_include` / `_revinclude`.
+    pub included: Vec<StoredResource>,
+    /// Number of matches (not counting included resources), when requested.
+    pub total: Option<i64>,
+    /// Cursor for the next page.
+    pub next: Option<String>,
+    /// Cursor for the previous page.
+    pub previous: Option<String>,
+    /// True when includes were cut at [`MAX_INCLUDED`].
+    pub includes_truncated: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Cursor {
+    /// "n" for forward, "p" for backward.
+    d: String,
+    /// Sort values of the boundary row, as PostgreSQL text.
+    v: Vec<String>,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        hex::encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    fn decode(text: &str) -> FhirResult<Cursor> {
+        hex::decode(text)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .ok_or_else(|| {
+                FhirError::invalid(
+                    format!("invalid _cursor '{text}'; use the next or previous link of a searchset as given"),
+                    Some("_cursor"),
+                )
+            })
+    }
+}
+
+struct SortColumn {
+    expression: String,
+    cast: &'static str,
+    descending: bool,
+}
+
+fn sort_columns(request: &SearchRequest) -> Vec<SortColumn> {
+    let mut columns: Vec<SortColumn> = request
+        .sort
+        .iter()
+        .filter(|key| key.code != "_id")
+        .map(|key| {
+            let (expression, cast) = sql::sort_expression("r", &key.code, key.kind, key.descending);
+            SortColumn {
+                expression,
+                cast,
+                descending: key.descending,
+            }
+        })
+        .collect();
+    let id_descending = request
+        .sort
+        .iter()
+        .find(|key| key.code == "_id")
+        .is_some_and(|key| key.descending);
+    columns.push(SortColumn {
+        expression: "r.id".to_owned(),
+        cast: "text",
+        descending: id_descending,
+    });
+    columns
+}
+
+fn push_base(qb: &mut QueryBuilder<Postgres>, request: &SearchRequest) {
+    qb.push(" FROM resources r WHERE r.tenant = current_setting('infoctor.tenant') AND r.resource_type = ");
+    qb.push_bind(request.resource_type.clone());
+    qb.push(" AND NOT r.deleted");
+    sql::push_filters(qb, "r", &request.filters);
+}
+
+/// Counts the resources matching the request's filters.
+pub async fn count(conn: &mut PgConnection, request: &SearchRequest) -> FhirResult<i64> {
+    let mut qb = QueryBuilder::new("SELECT count(*)");
+    push_base(&mut qb, request);
+    Ok(qb.build_query_scalar().fetch_one(&mut *conn).await?)
+}
+
+/// Returns up to `limit` ids matching the request's filters, in id order.
+pub async fn matching_ids(conn: &mut PgConnection, request: &SearchRequest, limit: i64) -> FhirResult<Vec<String>> {
+    let mut qb = QueryBuilder::new("SELECT r.id");
+    push_base(&mut qb, request);
+    qb.push(" ORDER BY r.id LIMIT ");
+    qb.push_bind(limit);
+    Ok(qb.build_query_scalar().fetch_all(&mut *conn).await?)
+}
+
+/// Runs a search and returns one page.
+pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirResult<SearchPage> {
+    let mut page = SearchPage::default();
+    if request.total || request.summary == Summary::Count {
+        page.total = Some(count(conn, request).await?);
+    }
+    if request.summary == Summary::Count || request.count == 0 {
+        return Ok(page);
+    }
+
+    let columns = sort_columns(request);
+    let cursor = request.cursor.as_deref().map(Cursor::decode).transpose()?;
+    if let Some(cursor) = &cursor
+        && cursor.v.len() != columns.len()
+    {
+        return Err(FhirError::invalid(
+            "the _cursor does not fit this search's _sort; start again from the first page".to_owned(),
+            Some("_cursor"),
+        ));
+    }
+    let backward = cursor.as_ref().is_some_and(|c| c.d == "p");
+
+    let mut qb = QueryBuilder::new("SELECT q.id");
+    for n in 0..columns.len() {
+        qb.push(format!(", q.s{n}::text"));
+    }
+    qb.push(" FROM (SELECT r.id");
+    for (n, column) in columns.iter().enumerate() {
+        qb.push(format!(", {} AS s{n}", column.expression));
+    }
+    push_base(&mut qb, request);
+    qb.push(") q WHERE true");
+    if let Some(cursor) = &cursor {
+        push_keyset(&mut qb, &columns, &cursor.v, backward);
+    }
+    qb.push(" ORDER BY ");
+    for (n, column) in columns.iter().enumerate() {
+        let descending = column.descending != backward;
+        qb.push(format!("{}q.s{n} {}", if n > 0 { ", " } else { "" }, if descending { "DESC" } else { "ASC" }));
+    }
+    qb.push(" LIMIT ");
+    qb.push_bind(request.count + 1);
+
+    let rows: Vec<sqlx::postgres::PgRow> = qb.build().fetch_all(&mut *conn).await?;
+    let mut keys: Vec<(String, Vec<String>)> = Vec::with_capacity(rows.len());
+    for row in &rows {
+        use sqlx::Row;
+        let id: String = row.try_get(0)?;
+        let mut values = Vec::with_capacity(columns.len());
+        for n in 0..columns.len() {
+            values.push(row.try_get::<String, _>(n + 1)?);
+        }
+        keys.push((id, values));
+    }
+    let has_more = keys.len() as i64 > request.count;
+    keys.truncate(request.count as usize);
+    if backward {
+        keys.reverse();
+    }
+    let boundary = |values: &Vec<String>, direction: &str| {
+        Cursor {
+            d: direction.to_owned(),
+            v: values.clone(),
+        }
+        .encode()
+    };
+    if let (Some(first), Some(last)) = (keys.first(), keys.last()) {
+        let more_after = if backward { true } else { has_more };
+        let more_before = if backward { has_more } else { cursor.is_some() };
+        if more_after {
+            page.next = Some(boundary(&last.1, "n"));
+        }
+        if more_before {
+            page.previous = Some(boundary(&first.1, "p"));
+        }
+    }
+
+    let pairs: Vec<(String, String)> = keys
+        .iter()
+        .map(|(id, _)| (request.resource_type.clone(), id.clone()))
+        .collect();
+    let mut found: HashMap<String, StoredResource> = store::read_many(conn, &pairs)
+        .await?
+        .into_iter()
+        .map(|stored| (stored.id.clone(), stored))
+        .collect();
+    page.matches = keys.iter().filter_map(|(id, _)| found.remove(id)).collect();
+    add_includes(conn, request, &mut page).await?;
+    Ok(page)
+}
+
+fn push_keyset(qb: &mut QueryBuilder<Postgres>, columns: &[SortColumn], values: &[String], backward: bool) {
+    qb.push(" AND (");
+    for j in 0..columns.len() {
+        if j > 0 {
+            qb.push(" OR ");
+        }
+        qb.push("(");
+        for (k, column) in columns.iter().enumerate().take(j) {
+            qb.push(format!("q.s{k} = "));
+            qb.push_bind(values[k].clone());
+            qb.push(format!("::{} AND ", column.cast));
+        }
+        let column = &columns[j];
+        let greater = column.descending == backward;
+        qb.push(format!("q.s{j} {} ", if greater { ">" } else { "<" }));
+        qb.push_bind(values[j].clone());
+        qb.push(format!("::{})", column.cast));
+    }
+    qb.push(")");
+}
+
+async fn add_includes(conn: &mut PgConnection, request: &SearchRequest, page: &mut SearchPage) -> FhirResult<()> {
+    if page.matches.is_empty() || (request.includes.is_empty() && request.revincludes.is_empty()) {
+        return Ok(());
+    }
+    let match_ids: Vec<String> = page.matches.iter().map(|m| m.id.clone()).collect();
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for include in &request.includes {
+        if include.source_type != request.resource_type {
+            continue;
+        }
+        let targets: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT target_type, target_id FROM idx_reference \
+             WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND code = $2 \
+               AND id = ANY($3) AND target_type IS NOT NULL AND target_id IS NOT NULL \
+               AND ($4::text IS NULL OR target_type = $4) LIMIT $5",
+        )
+        .bind(&include.source_type)
+        .bind(&include.code)
+        .bind(&match_ids)
+        .bind(&include.target_type)
+        .bind(MAX_INCLUDED as i64 + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+        wanted.extend(targets);
+    }
+    for include in &request.revincludes {
+        if include
+            .target_type
+            .as_deref()
+            .is_some_and(|target| target != request.resource_type)
+        {
+            continue;
+        }
+        let sources: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT resource_type, id FROM idx_reference \
+             WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND code = $2 \
+               AND target_type = $3 AND target_id = ANY($4) LIMIT $5",
+        )
+        .bind(&include.source_type)
+        .bind(&include.code)
+        .bind(&request.resource_type)
+        .bind(&match_ids)
+        .bind(MAX_INCLUDED as i64 + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+        wanted.extend(sources);
+    }
+    let matched: HashSet<(String, String)> = page
+        .matches
+        .iter()
+        .map(|m| (m.resource_type.clone(), m.id.clone()))
+        .collect();
+    let mut seen = HashSet::new();
+    wanted.retain(|key| !matched.contains(key) && seen.insert(key.clone()));
+    if wanted.len() > MAX_INCLUDED {
+        wanted.truncate(MAX_INCLUDED);
+        page.includes_truncated = true;
+    }
+    let mut included = store::read_many(conn, &wanted).await?;
+    included.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
+    page.included = included;
+    Ok(())
+}

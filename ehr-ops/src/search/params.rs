@@ -1,0 +1,626 @@
+//! Parses a FHIR search query string into a typed [`SearchRequest`].
+//!
+//! Unknown parameters, modifiers this server does not implement and
+//! malformed values are rejected with an OperationOutcome naming the
+//! parameter, rather than silently ignored, so a client never mistakes a
+//! partial filter for a full one.
+
+use infoctor_fhir::datetime::DateRange;
+use infoctor_fhir::model::Model;
+use infoctor_fhir::search::{SearchParamDef, SearchParamRegistry, SearchParamType};
+use rust_decimal::Decimal;
+
+use crate::error::{FhirError, FhirResult};
+
+/// Default page size.
+pub const DEFAULT_COUNT: i64 = 20;
+/// Largest page size a client may ask for.
+pub const MAX_COUNT: i64 = 1000;
+
+/// Comparison prefixes of date, number and quantity parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    /// Equal (the default).
+    Eq,
+    /// Not equal.
+    Ne,
+    /// Less than.
+    Lt,
+    /// Greater than.
+    Gt,
+    /// Less or equal.
+    Le,
+    /// Greater or equal.
+    Ge,
+    /// Starts after.
+    Sa,
+    /// Ends before.
+    Eb,
+}
+
+/// Splits a known prefix off a value.
+fn split_prefix(value: &str) -> (Prefix, &str) {
+    let prefixes = [
+        ("eq", Prefix::Eq),
+        ("ne", Prefix::Ne),
+        ("lt", Prefix::Lt),
+        ("gt", Prefix::Gt),
+        ("le", Prefix::Le),
+        ("ge", Prefix::Ge),
+        ("sa", Prefix::Sa),
+        ("eb", Prefix::Eb),
+    ];
+    for (text, prefix) in prefixes {
+        if let Some(rest) = value.strip_prefix(text)
+            && rest.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.')
+        {
+            return (prefix, rest);
+        }
+    }
+    (Prefix::Eq, value)
+}
+
+/// One parsed value of a search parameter.
+#[derive(Debug, Clone)]
+pub enum SearchValue {
+    /// String: normalized text plus the text as given (for `:exact`).
+    String {
+        /// Lowercased, accent-stripped text.
+        normalized: String,
+        /// The text as sent.
+        exact: String,
+    },
+    /// Token `[system|]code`.
+    Token {
+        /// `None`: any system; `Some(None)`: no system (`|code`); `Some(Some(s))`: that system.
+        system: Option<Option<String>>,
+        /// `None` when the value was `system|`.
+        code: Option<String>,
+    },
+    /// Date with prefix.
+    Date(Prefix, DateRange),
+    /// Number with prefix and the implicit range of its significant digits.
+    Number(Prefix, NumberValue),
+    /// Quantity `[prefix]number|system|code`.
+    Quantity(Prefix, NumberValue, Option<String>, Option<String>),
+    /// Reference: type (if given) and id, or an absolute URL.
+    Reference {
+        /// Target type from `Type/id` or the `:Type` modifier.
+        target_type: Option<String>,
+        /// Target id.
+        id: Option<String>,
+        /// The whole value, for matching absolute URLs.
+        url: String,
+    },
+    /// URI, matched exactly.
+    Uri(String),
+}
+
+/// A number and the range its significant digits imply (`100` means 99.5 to 100.5).
+#[derive(Debug, Clone, Copy)]
+pub struct NumberValue {
+    /// The number.
+    pub value: Decimal,
+    /// Lower end of the implicit range.
+    pub low: Decimal,
+    /// Upper end of the implicit range.
+    pub high: Decimal,
+}
+
+impl NumberValue {
+    fn parse(text: &str) -> Option<NumberValue> {
+        let value: Decimal = text.parse().ok()?;
+        let half = Decimal::new(5, value.scale() + 1);
+        Some(NumberValue {
+            value,
+            low: value - half,
+            high: value + half,
+        })
+    }
+}
+
+/// Modifiers this server implements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modifier {
+    /// No modifier.
+    None,
+    /// `:missing`.
+    Missing,
+    /// `:exact` on strings.
+    Exact,
+    /// `:contains` on strings.
+    Contains,
+    /// `:not` on tokens.
+    Not,
+    /// `:Type` on references.
+    Type(String),
+}
+
+/// One filter: a parameter with values OR-ed together.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// Parameter code (`birthdate`, `_id`, ...).
+    pub code: String,
+    /// Parameter type.
+    pub kind: SearchParamType,
+    /// Modifier.
+    pub modifier: Modifier,
+    /// Values, any of which may match.
+    pub values: Vec<SearchValue>,
+    /// `:missing` value.
+    pub missing: Option<bool>,
+    /// For a chained parameter: the target type and the filter on it.
+    pub chain: Option<(String, Box<Filter>)>,
+}
+
+/// One `_sort` key.
+#[derive(Debug, Clone)]
+pub struct SortKey {
+    /// Parameter code (`_id`, `_lastUpdated` or a date, string, token or number parameter).
+    pub code: String,
+    /// Its type.
+    pub kind: SearchParamType,
+    /// Descending when `-` prefixed.
+    pub descending: bool,
+}
+
+/// `_include` or `_revinclude`.
+#[derive(Debug, Clone)]
+pub struct Include {
+    /// The resource type holding the reference parameter.
+    pub source_type: String,
+    /// The reference parameter code.
+    pub code: String,
+    /// Optional target type restriction.
+    pub target_type: Option<String>,
+}
+
+/// `_summary` modes this server implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summary {
+    /// Only the total.
+    Count,
+    /// Full resources (the default).
+    False,
+}
+
+/// A parsed search.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    /// Resource type searched.
+    pub resource_type: String,
+    /// Filters, AND-ed.
+    pub filters: Vec<Filter>,
+    /// Page size.
+    pub count: i64,
+    /// Sort keys; `_id` is always appended as the final tie-break.
+    pub sort: Vec<SortKey>,
+    /// `_include` values.
+    pub includes: Vec<Include>,
+    /// `_revinclude` values.
+    pub revincludes: Vec<Include>,
+    /// `_summary`.
+    pub summary: Summary,
+    /// Whether to compute `total`.
+    pub total: bool,
+    /// Paging cursor from a `next` or `previous` link.
+    pub cursor: Option<String>,
+    /// The query pairs that define the result set, for building links.
+    pub defining_pairs: Vec<(String, String)>,
+}
+
+fn invalid(message: String, parameter: &str) -> FhirError {
+    FhirError::invalid(message, Some(parameter))
+}
+
+/// Parses the query pairs of a search on `resource_type`.
+pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> FhirResult<SearchRequest> {
+    let mut request = SearchRequest {
+        resource_type: resource_type.to_owned(),
+        filters: Vec::new(),
+        count: DEFAULT_COUNT,
+        sort: Vec::new(),
+        includes: Vec::new(),
+        revincludes: Vec::new(),
+        summary: Summary::False,
+        total: true,
+        cursor: None,
+        defining_pairs: Vec::new(),
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "_count" => {
+                let count: i64 = value.parse().map_err(|_| {
+                    invalid(format!("invalid _count '{value}': expected a whole number from 0 to {MAX_COUNT}"), "_count")
+                })?;
+                if !(0..=MAX_COUNT).contains(&count) {
+                    return Err(invalid(
+                        format!("_count {count} out of range: use 0 to {MAX_COUNT}"),
+                        "_count",
+                    ));
+                }
+                request.count = count;
+            }
+            "_sort" => request.sort = parse_sort(resource_type, value)?,
+            "_include" => request.includes.push(parse_include(value, "_include")?),
+            "_revinclude" => request.revincludes.push(parse_include(value, "_revinclude")?),
+            "_summary" => {
+                request.summary = match value.as_str() {
+                    "count" => Summary::Count,
+                    "false" => Summary::False,
+                    other => {
+                        return Err(FhirError::NotSupported(format!(
+                            "_summary={other} is not supported; use count or false"
+                        )));
+                    }
+                }
+            }
+            "_total" => {
+                request.total = match value.as_str() {
+                    "none" => false,
+                    "accurate" | "estimate" => true,
+                    other => {
+                        return Err(invalid(
+                            format!("invalid _total '{other}': use none, estimate or accurate"),
+                            "_total",
+                        ));
+                    }
+                }
+            }
+            "_cursor" => {
+                request.cursor = Some(value.clone());
+                continue;
+            }
+            "_format" | "_pretty" => continue,
+            _ => request.filters.push(parse_filter(resource_type, name, value)?),
+        }
+        request.defining_pairs.push((name.clone(), value.clone()));
+    }
+    Ok(request)
+}
+
+fn registry_param<'a>(resource_type: &str, code: &str) -> FhirResult<&'a SearchParamDef> {
+    SearchParamRegistry::r4().get(resource_type, code).ok_or_else(|| {
+        invalid(
+            format!("unknown search parameter '{code}' for {resource_type}; see the CapabilityStatement for the supported ones"),
+            code,
+        )
+    })
+}
+
+fn param_kind(resource_type: &str, code: &str) -> FhirResult<SearchParamType> {
+    match code {
+        "_id" => Ok(SearchParamType::Token),
+        "_lastUpdated" => Ok(SearchParamType::Date),
+        _ => {
+            let def = registry_param(resource_type, code)?;
+            match def.kind {
+                SearchParamType::Composite | SearchParamType::Special => Err(FhirError::NotSupported(format!(
+                    "search parameter '{code}' ({:?}) is not supported by this server",
+                    def.kind
+                ))),
+                kind => Ok(kind),
+            }
+        }
+    }
+}
+
+/// Parses one `name=value` pair, where `name` may carry a modifier or chain.
+pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<Filter> {
+    // Chaining: `subject:Patient.name` or `patient.birthdate`.
+    if let Some((head, rest)) = name.split_once('.') {
+        let (code, type_modifier) = match head.split_once(':') {
+            Some((code, modifier)) => (code, Some(modifier)),
+            None => (head, None),
+        };
+        let def = registry_param(resource_type, code)?;
+        if def.kind != SearchParamType::Reference {
+            return Err(invalid(format!("'{code}' is not a reference parameter and cannot be chained"), name));
+        }
+        let target = match type_modifier {
+            Some(target) => {
+                if !def.targets.iter().any(|t| t == target) {
+                    return Err(invalid(format!("'{code}' cannot refer to {target}"), name));
+                }
+                target.to_owned()
+            }
+            None => {
+                let chained_code = rest.split([':', '.']).next().unwrap_or(rest);
+                let candidates: Vec<&String> = def
+                    .targets
+                    .iter()
+                    .filter(|target| {
+                        chained_code.starts_with('_')
+                            || SearchParamRegistry::r4().get(target, chained_code).is_some()
+                    })
+                    .collect();
+                match candidates.as_slice() {
+                    [single] => (*single).clone(),
+                    [] => return Err(invalid(format!("no target of '{code}' has a parameter '{chained_code}'"), name)),
+                    _ => {
+                        return Err(invalid(
+                            format!("chain '{name}' is ambiguous; name the target type, e.g. {code}:{}.{rest}", candidates[0]),
+                            name,
+                        ));
+                    }
+                }
+            }
+        };
+        if rest.contains('.') {
+            return Err(FhirError::NotSupported(format!(
+                "chain '{name}' is deeper than one level, which this server does not support"
+            )));
+        }
+        let inner = parse_filter(&target, rest, value)?;
+        return Ok(Filter {
+            code: code.to_owned(),
+            kind: SearchParamType::Reference,
+            modifier: Modifier::None,
+            values: Vec::new(),
+            missing: None,
+            chain: Some((target, Box::new(inner))),
+        });
+    }
+
+    let (code, modifier_text) = match name.split_once(':') {
+        Some((code, modifier)) => (code, Some(modifier)),
+        None => (name, None),
+    };
+    let kind = param_kind(resource_type, code)?;
+    let modifier = match modifier_text {
+        None => Modifier::None,
+        Some("missing") => Modifier::Missing,
+        Some("exact") if kind == SearchParamType::String => Modifier::Exact,
+        Some("contains") if kind == SearchParamType::String => Modifier::Contains,
+        Some("not") if kind == SearchParamType::Token => Modifier::Not,
+        Some(target) if kind == SearchParamType::Reference && Model::r4().is_resource_type(target) => {
+            Modifier::Type(target.to_owned())
+        }
+        Some(other) => {
+            return Err(FhirError::NotSupported(format!(
+                "modifier ':{other}' on '{code}' is not supported by this server"
+            )));
+        }
+    };
+    if modifier == Modifier::Missing {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            other => return Err(invalid(format!("invalid :missing value '{other}': use true or false"), name)),
+        };
+        return Ok(Filter {
+            code: code.to_owned(),
+            kind,
+            modifier,
+            values: Vec::new(),
+            missing: Some(missing),
+            chain: None,
+        });
+    }
+    let values = split_values(value)
+        .into_iter()
+        .map(|part| parse_value(kind, &modifier, code, &part))
+        .collect::<FhirResult<Vec<_>>>()?;
+    if values.is_empty() {
+        return Err(invalid(format!("empty value for search parameter '{name}'"), name));
+    }
+    Ok(Filter {
+        code: code.to_owned(),
+        kind,
+        modifier,
+        values,
+        missing: None,
+        chain: None,
+    })
+}
+
+/// Splits on commas that are not escaped with a backslash, and unescapes
+/// `\,`, `\|`, `\$` and `\\`.
+fn split_values(value: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped @ (',' | '$' | '\\')) => current.push(escaped),
+                Some('|') => current.push_str("\\|"),
+                Some(other) => {
+                    current.push('\\');
+                    current.push(other);
+                }
+                None => current.push('\\'),
+            },
+            ',' => parts.push(std::mem::take(&mut current)),
+            other => current.push(other),
+        }
+    }
+    parts.push(current);
+    parts.into_iter().filter(|part| !part.is_empty()).collect()
+}
+
+/// Splits a token at the first unescaped `|`.
+fn split_pipe(value: &str) -> (Option<String>, String) {
+    let mut index = None;
+    let bytes = value.as_bytes();
+    for i in 0..bytes.len() {
+        if bytes[i] == b'|' && (i == 0 || bytes[i - 1] != b'\\') {
+            index = Some(i);
+            break;
+        }
+    }
+    let unescape = |s: &str| s.replace("\\|", "|");
+    match index {
+        Some(i) => (Some(unescape(&value[..i])), unescape(&value[i + 1..])),
+        None => (None, unescape(value)),
+    }
+}
+
+fn parse_value(kind: SearchParamType, modifier: &Modifier, code: &str, value: &str) -> FhirResult<SearchValue> {
+    match kind {
+        SearchParamType::String => Ok(SearchValue::String {
+            normalized: infoctor_fhir::search::normalize_string(value),
+            exact: value.to_owned(),
+        }),
+        SearchParamType::Token => {
+            let (system, code_part) = split_pipe(value);
+            let system = system.map(|s| if s.is_empty() { None } else { Some(s) });
+            let code_part = if code_part.is_empty() { None } else { Some(code_part) };
+            if system.is_none() && code_part.is_none() {
+                return Err(invalid(format!("empty token for '{code}'"), code));
+            }
+            Ok(SearchValue::Token { system, code: code_part })
+        }
+        SearchParamType::Date => {
+            let (prefix, rest) = split_prefix(value);
+            let range = DateRange::parse(rest).map_err(|err| {
+                invalid(
+                    format!("invalid date for '{code}': {err}; use [prefix]YYYY[-MM[-DD[Thh:mm:ss+zz:zz]]]"),
+                    code,
+                )
+            })?;
+            Ok(SearchValue::Date(prefix, range))
+        }
+        SearchParamType::Number => {
+            let (prefix, rest) = split_prefix(value);
+            let number = NumberValue::parse(rest)
+                .ok_or_else(|| invalid(format!("invalid number '{rest}' for '{code}'"), code))?;
+            Ok(SearchValue::Number(prefix, number))
+        }
+        SearchParamType::Quantity => {
+            let (prefix, rest) = split_prefix(value);
+            let mut parts = rest.splitn(3, '|');
+            let number_text = parts.next().unwrap_or_default();
+            let number = NumberValue::parse(number_text).ok_or_else(|| {
+                invalid(format!("invalid quantity '{value}' for '{code}': use [prefix]number[|system|code]"), code)
+            })?;
+            let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+            let unit = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+            Ok(SearchValue::Quantity(prefix, number, system, unit))
+        }
+        SearchParamType::Reference => {
+            let type_modifier = match modifier {
+                Modifier::Type(target) => Some(target.clone()),
+                _ => None,
+            };
+            let segments: Vec<&str> = value.split('/').collect();
+            let (target_type, id) = if value.contains("://") {
+                // An absolute URL: match on the stored URL, or on Type/id at its end.
+                match segments.as_slice() {
+                    [.., t, id] if Model::r4().is_resource_type(t) => (Some((*t).to_owned()), Some((*id).to_owned())),
+                    _ => (None, None),
+                }
+            } else {
+                match segments.as_slice() {
+                    [id] => (type_modifier.clone(), Some((*id).to_owned())),
+                    [t, id] => (Some((*t).to_owned()), Some((*id).to_owned())),
+                    [t, id, "_history", _] => (Some((*t).to_owned()), Some((*id).to_owned())),
+                    _ => return Err(invalid(format!("invalid reference '{value}' for '{code}': use id or Type/id"), code)),
+                }
+            };
+            if let Some(target) = &target_type
+                && !Model::r4().is_resource_type(target)
+            {
+                return Err(invalid(format!("unknown resource type '{target}' in reference '{value}'"), code));
+            }
+            Ok(SearchValue::Reference {
+                target_type,
+                id,
+                url: value.to_owned(),
+            })
+        }
+        SearchParamType::Uri => Ok(SearchValue::Uri(value.to_owned())),
+        SearchParamType::Composite | SearchParamType::Special => Err(FhirError::NotSupported(format!(
+            "search parameter '{code}' is not supported by this server"
+        ))),
+    }
+}
+
+fn parse_sort(resource_type: &str, value: &str) -> FhirResult<Vec<SortKey>> {
+    let mut keys = Vec::new();
+    for part in value.split(',').filter(|part| !part.is_empty()) {
+        let (descending, code) = match part.strip_prefix('-') {
+            Some(code) => (true, code),
+            None => (false, part),
+        };
+        let kind = param_kind(resource_type, code)?;
+        if !matches!(
+            kind,
+            SearchParamType::Date | SearchParamType::String | SearchParamType::Token | SearchParamType::Number | SearchParamType::Quantity
+        ) {
+            return Err(FhirError::NotSupported(format!(
+                "sorting by '{code}' ({kind:?}) is not supported; sort by a date, string, token, number or quantity parameter"
+            )));
+        }
+        keys.push(SortKey {
+            code: code.to_owned(),
+            kind,
+            descending,
+        });
+    }
+    if keys.len() > 3 {
+        return Err(invalid("at most three _sort keys are supported".to_owned(), "_sort"));
+    }
+    Ok(keys)
+}
+
+fn parse_include(value: &str, parameter: &str) -> FhirResult<Include> {
+    let parts: Vec<&str> = value.split(':').collect();
+    let (source_type, code, target_type) = match parts.as_slice() {
+        [source, code] => (*source, *code, None),
+        [source, code, target] => (*source, *code, Some((*target).to_owned())),
+        _ => {
+            return Err(invalid(
+                format!("invalid {parameter} '{value}': use SourceType:parameter[:TargetType]"),
+                parameter,
+            ));
+        }
+    };
+    if code == "*" {
+        return Err(FhirError::NotSupported(format!("{parameter}={value} (wildcard) is not supported")));
+    }
+    let def = SearchParamRegistry::r4().get(source_type, code).ok_or_else(|| {
+        invalid(format!("unknown parameter '{code}' on '{source_type}' in {parameter}"), parameter)
+    })?;
+    if def.kind != SearchParamType::Reference {
+        return Err(invalid(format!("'{source_type}:{code}' in {parameter} is not a reference parameter"), parameter));
+    }
+    Ok(Include {
+        source_type: source_type.to_owned(),
+        code: code.to_owned(),
+        target_type,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_split_needs_digit() {
+        assert_eq!(split_prefix("ge2020").0, Prefix::Ge);
+        assert_eq!(split_prefix("2020").0, Prefix::Eq);
+        assert_eq!(split_prefix("eb2020-01").0, Prefix::Eb);
+    }
+
+    #[test]
+    fn values_split_on_unescaped_commas() {
+        assert_eq!(split_values("a,b\\,c"), vec!["a".to_owned(), "b,c".to_owned()]);
+    }
+
+    #[test]
+    fn token_forms() {
+        assert_eq!(split_pipe("http://loinc.org|1234-5"), (Some("http://loinc.org".to_owned()), "1234-5".to_owned()));
+        assert_eq!(split_pipe("|abc"), (Some(String::new()), "abc".to_owned()));
+        assert_eq!(split_pipe("abc"), (None, "abc".to_owned()));
+    }
+
+    #[test]
+    fn number_implicit_range() {
+        let number = NumberValue::parse("100").unwrap();
+        assert_eq!(number.low, "99.5".parse::<Decimal>().unwrap());
+        assert_eq!(number.high, "100.5".parse::<Decimal>().unwrap());
+        let number = NumberValue::parse("1.50").unwrap();
+        assert_eq!(number.low, "1.495".parse::<Decimal>().unwrap());
+    }
+}

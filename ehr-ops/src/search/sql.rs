@@ -1,0 +1,356 @@
+//! Translates parsed filters into SQL over the index tables.
+//!
+//! Each filter becomes an `EXISTS` over one index table joined to the
+//! resource row by key, so PostgreSQL answers it from the index tables'
+//! B-tree (or trigram) indexes and never reads resource JSON. Values are
+//! always bound parameters.
+
+use infoctor_fhir::search::SearchParamType;
+use sqlx::{Postgres, QueryBuilder};
+
+use super::params::{Filter, Modifier, Prefix, SearchValue};
+
+/// Appends `AND <filter>` conditions for `alias` (a `resources` row).
+pub fn push_filters(qb: &mut QueryBuilder<Postgres>, alias: &str, filters: &[Filter]) {
+    for filter in filters {
+        qb.push(" AND ");
+        push_filter(qb, alias, filter);
+    }
+}
+
+fn index_table(kind: SearchParamType) -> &'static str {
+    match kind {
+        SearchParamType::String => "idx_string",
+        SearchParamType::Token => "idx_token",
+        SearchParamType::Date => "idx_date",
+        SearchParamType::Number => "idx_number",
+        SearchParamType::Quantity => "idx_quantity",
+        SearchParamType::Reference => "idx_reference",
+        SearchParamType::Uri | SearchParamType::Composite | SearchParamType::Special => "idx_uri",
+    }
+}
+
+/// Opens `EXISTS (SELECT 1 FROM <table> i WHERE <key join> AND i.code = $`.
+fn open_exists(qb: &mut QueryBuilder<Postgres>, alias: &str, kind: SearchParamType, code: &str) {
+    qb.push(format!(
+        "EXISTS (SELECT 1 FROM {} i WHERE i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type \
+         AND i.id = {alias}.id AND i.code = ",
+        index_table(kind)
+    ));
+    qb.push_bind(code.to_owned());
+}
+
+fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
+    if let Some((target, inner)) = &filter.chain {
+        push_chain(qb, alias, &filter.code, target, inner);
+        return;
+    }
+    match filter.code.as_str() {
+        "_id" => return push_id(qb, alias, filter),
+        "_lastUpdated" => return push_last_updated(qb, alias, filter),
+        _ => {}
+    }
+    if let Some(missing) = filter.missing {
+        if missing {
+            qb.push("NOT ");
+        }
+        open_exists(qb, alias, filter.kind, &filter.code);
+        qb.push(")");
+        return;
+    }
+    if filter.modifier == Modifier::Not {
+        qb.push("NOT ");
+    }
+    open_exists(qb, alias, filter.kind, &filter.code);
+    qb.push(" AND (");
+    for (n, value) in filter.values.iter().enumerate() {
+        if n > 0 {
+            qb.push(" OR ");
+        }
+        qb.push("(");
+        push_value(qb, &filter.modifier, value);
+        qb.push(")");
+    }
+    qb.push("))");
+}
+
+fn push_id(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
+    if let Some(missing) = filter.missing {
+        qb.push(if missing { "false" } else { "true" });
+        return;
+    }
+    let ids: Vec<String> = filter
+        .values
+        .iter()
+        .filter_map(|value| match value {
+            SearchValue::Token { code: Some(code), .. } => Some(code.clone()),
+            _ => None,
+        })
+        .collect();
+    if filter.modifier == Modifier::Not {
+        qb.push("NOT ");
+    }
+    qb.push(format!("{alias}.id = ANY("));
+    qb.push_bind(ids);
+    qb.push(")");
+}
+
+fn push_last_updated(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
+    if let Some(missing) = filter.missing {
+        qb.push(if missing { "false" } else { "true" });
+        return;
+    }
+    let column = format!("{alias}.last_updated");
+    qb.push("(");
+    for (n, value) in filter.values.iter().enumerate() {
+        if n > 0 {
+            qb.push(" OR ");
+        }
+        if let SearchValue::Date(prefix, range) = value {
+            push_range_compare(qb, &column, &column, *prefix, range.low, range.high);
+        }
+    }
+    qb.push(")");
+}
+
+fn push_chain(qb: &mut QueryBuilder<Postgres>, alias: &str, code: &str, target: &str, inner: &Filter) {
+    open_exists(qb, alias, SearchParamType::Reference, code);
+    qb.push(" AND i.target_type = ");
+    qb.push_bind(target.to_owned());
+    qb.push(
+        " AND EXISTS (SELECT 1 FROM resources c WHERE c.tenant = i.tenant AND c.resource_type = i.target_type \
+         AND c.id = i.target_id AND NOT c.deleted AND ",
+    );
+    push_filter(qb, "c", inner);
+    qb.push("))");
+}
+
+/// Date range comparison per the FHIR search rules: the stored value is the
+/// range `[low_column, high_column]`, the search value `[low, high]`.
+fn push_range_compare<T>(
+    qb: &mut QueryBuilder<Postgres>,
+    low_column: &str,
+    high_column: &str,
+    prefix: Prefix,
+    low: T,
+    high: T,
+) where
+    T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Clone + Send + 'static,
+{
+    let contained = |qb: &mut QueryBuilder<Postgres>| {
+        qb.push(format!("({low_column} >= "));
+        qb.push_bind(low.clone());
+        qb.push(format!(" AND {high_column} <= "));
+        qb.push_bind(high.clone());
+        qb.push(")");
+    };
+    match prefix {
+        Prefix::Eq => contained(qb),
+        Prefix::Ne => {
+            qb.push("NOT ");
+            contained(qb);
+        }
+        Prefix::Gt => {
+            qb.push(format!("{high_column} > "));
+            qb.push_bind(high.clone());
+        }
+        Prefix::Lt => {
+            qb.push(format!("{low_column} < "));
+            qb.push_bind(low.clone());
+        }
+        Prefix::Ge => {
+            qb.push(format!("({high_column} > "));
+            qb.push_bind(high.clone());
+            qb.push(" OR ");
+            contained(qb);
+            qb.push(")");
+        }
+        Prefix::Le => {
+            qb.push(format!("({low_column} < "));
+            qb.push_bind(low.clone());
+            qb.push(" OR ");
+            contained(qb);
+            qb.push(")");
+        }
+        Prefix::Sa => {
+            qb.push(format!("{low_column} > "));
+            qb.push_bind(high.clone());
+        }
+        Prefix::Eb => {
+            qb.push(format!("{high_column} < "));
+            qb.push_bind(low.clone());
+        }
+    }
+}
+
+/// Number comparison: `eq` matches values inside the search value's implicit
+/// range; the ordering prefixes compare with the exact value.
+fn push_number_compare(
+    qb: &mut QueryBuilder<Postgres>,
+    prefix: Prefix,
+    number: &super::params::NumberValue,
+) {
+    match prefix {
+        Prefix::Eq | Prefix::Ne => {
+            if prefix == Prefix::Ne {
+                qb.push("NOT ");
+            }
+            qb.push("(i.value >= ");
+            qb.push_bind(number.low);
+            qb.push(" AND i.value < ");
+            qb.push_bind(number.high);
+            qb.push(")");
+        }
+        Prefix::Gt | Prefix::Sa => {
+            qb.push("i.value > ");
+            qb.push_bind(number.value);
+        }
+        Prefix::Lt | Prefix::Eb => {
+            qb.push("i.value < ");
+            qb.push_bind(number.value);
+        }
+        Prefix::Ge => {
+            qb.push("i.value >= ");
+            qb.push_bind(number.value);
+        }
+        Prefix::Le => {
+            qb.push("i.value <= ");
+            qb.push_bind(number.value);
+        }
+    }
+}
+
+/// Escapes LIKE wildcards so user text matches literally.
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &SearchValue) {
+    match value {
+        SearchValue::String { normalized, exact } => match modifier {
+            Modifier::Exact => {
+                qb.push("i.value_exact = ");
+                qb.push_bind(exact.clone());
+            }
+            Modifier::Contains => {
+                qb.push("i.value_norm LIKE ");
+                qb.push_bind(format!("%{}%", like_escape(normalized)));
+            }
+            _ => {
+                qb.push("i.value_norm LIKE ");
+                qb.push_bind(format!("{}%", like_escape(normalized)));
+            }
+        },
+        SearchValue::Token { system, code } => {
+            let mut first = true;
+            if let Some(code) = code {
+                qb.push("i.value = ");
+                qb.push_bind(code.clone());
+                first = false;
+            }
+            match system {
+                None => {}
+                Some(None) => {
+                    if !first {
+                        qb.push(" AND ");
+                    }
+                    qb.push("i.system IS NULL");
+                }
+                Some(Some(system)) => {
+                    if !first {
+                        qb.push(" AND ");
+                    }
+                    qb.push("i.system = ");
+                    qb.push_bind(system.clone());
+                }
+            }
+        }
+        SearchValue::Date(prefix, range) => {
+            push_range_compare(qb, "i.low", "i.high", *prefix, range.low, range.high);
+        }
+        SearchValue::Number(prefix, number) => push_number_compare(qb, *prefix, number),
+        SearchValue::Quantity(prefix, number, system, unit) => {
+            push_number_compare(qb, *prefix, number);
+            if let Some(system) = system {
+                qb.push(" AND i.system = ");
+                qb.push_bind(system.clone());
+            }
+            if let Some(unit) = unit {
+                qb.push(" AND (i.unit_code = ");
+                qb.push_bind(unit.clone());
+                qb.push(" OR i.unit = ");
+                qb.push_bind(unit.clone());
+                qb.push(")");
+            }
+        }
+        SearchValue::Reference { target_type, id, url } => {
+            match id {
+                Some(id) => {
+                    qb.push("(i.target_id = ");
+                    qb.push_bind(id.clone());
+                    if let Some(target_type) = target_type {
+                        qb.push(" AND i.target_type = ");
+                        qb.push_bind(target_type.clone());
+                    }
+                    qb.push(" OR i.url = ");
+                    qb.push_bind(url.clone());
+                    qb.push(")");
+                }
+                None => {
+                    qb.push("i.url = ");
+                    qb.push_bind(url.clone());
+                }
+            }
+            if let Modifier::Type(target) = modifier {
+                qb.push(" AND i.target_type = ");
+                qb.push_bind(target.clone());
+            }
+        }
+        SearchValue::Uri(uri) => {
+            qb.push("i.value = ");
+            qb.push_bind(uri.clone());
+        }
+    }
+}
+
+/// The SQL expression giving a resource's sort value for a key, and the SQL
+/// type its cursor value is cast to.
+pub fn sort_expression(alias: &str, code: &str, kind: SearchParamType, descending: bool) -> (String, &'static str) {
+    match code {
+        "_id" => return (format!("{alias}.id"), "text"),
+        "_lastUpdated" => return (format!("{alias}.last_updated"), "timestamptz"),
+        _ => {}
+    }
+    let key = format!(
+        "i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type AND i.id = {alias}.id AND i.code = '{}'",
+        code.replace('\'', "''")
+    );
+    // Ascending sorts use the lowest value of a resource and descending sorts
+    // the highest, so a resource with several values sorts by its extreme.
+    let aggregate = if descending { "max" } else { "min" };
+    match kind {
+        SearchParamType::Date => {
+            let column = if descending { "high" } else { "low" };
+            (
+                format!("COALESCE((SELECT {aggregate}(i.{column}) FROM idx_date i WHERE {key}), '-infinity'::timestamptz)"),
+                "timestamptz",
+            )
+        }
+        SearchParamType::String => (
+            format!("COALESCE((SELECT {aggregate}(i.value_norm) FROM idx_string i WHERE {key}), '')"),
+            "text",
+        ),
+        SearchParamType::Token => (
+            format!("COALESCE((SELECT {aggregate}(i.value) FROM idx_token i WHERE {key}), '')"),
+            "text",
+        ),
+        SearchParamType::Number => (
+            format!("COALESCE((SELECT {aggregate}(i.value) FROM idx_number i WHERE {key}), '-Infinity'::numeric)"),
+            "numeric",
+        ),
+        _ => (
+            format!("COALESCE((SELECT {aggregate}(i.value) FROM idx_quantity i WHERE {key}), '-Infinity'::numeric)"),
+            "numeric",
+        ),
+    }
+}

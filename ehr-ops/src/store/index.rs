@@ -1,0 +1,284 @@
+//! Persists the search index rows extracted from a resource.
+//!
+//! Rows for many resources go to PostgreSQL in one statement per index table
+//! (arrays unnested on the server), so a bulk load of a thousand resources
+//! costs a handful of round trips rather than one per value.
+
+use infoctor_fhir::search::{IndexEntry, IndexValue};
+use rust_decimal::Decimal;
+use sqlx::PgConnection;
+
+/// The key of one resource whose index rows are written.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceKey<'a> {
+    /// Resource type.
+    pub resource_type: &'a str,
+    /// Resource id.
+    pub id: &'a str,
+}
+
+#[derive(Default)]
+struct Columns {
+    resource_type: Vec<String>,
+    id: Vec<String>,
+    code: Vec<String>,
+}
+
+impl Columns {
+    fn push(&mut self, key: ResourceKey<'_>, code: &str) {
+        self.resource_type.push(key.resource_type.to_owned());
+        self.id.push(key.id.to_owned());
+        self.code.push(code.to_owned());
+    }
+}
+
+#[derive(Default)]
+struct Rows {
+    string: (Columns, Vec<String>, Vec<String>),
+    token: (Columns, Vec<Option<String>>, Vec<Option<String>>, Vec<Option<String>>),
+    date: (Columns, Vec<chrono::DateTime<chrono::Utc>>, Vec<chrono::DateTime<chrono::Utc>>),
+    number: (Columns, Vec<Decimal>, Vec<Decimal>, Vec<Decimal>),
+    quantity: QuantityRows,
+    reference: (Columns, Vec<Option<String>>, Vec<Option<String>>, Vec<String>),
+    uri: (Columns, Vec<String>),
+}
+
+#[derive(Default)]
+struct QuantityRows {
+    columns: Columns,
+    value: Vec<Decimal>,
+    low: Vec<Decimal>,
+    high: Vec<Decimal>,
+    system: Vec<Option<String>>,
+    unit_code: Vec<Option<String>>,
+    unit: Vec<Option<String>>,
+}
+
+impl Rows {
+    fn add(&mut self, key: ResourceKey<'_>, entry: &IndexEntry) {
+        let code = entry.code.as_ref();
+        match &entry.value {
+            IndexValue::String { normalized, exact } => {
+                self.string.0.push(key, code);
+                self.string.1.push(normalized.clone());
+                self.string.2.push(exact.clone());
+            }
+            IndexValue::Token { system, code: value, display } => {
+                self.token.0.push(key, code);
+                self.token.1.push(system.clone());
+                self.token.2.push(value.clone());
+                self.token.3.push(display.clone());
+            }
+            IndexValue::Date { low, high } => {
+                self.date.0.push(key, code);
+                self.date.1.push(*low);
+                self.date.2.push(*high);
+            }
+            IndexValue::Number { value, low, high } => {
+                self.number.0.push(key, code);
+                self.number.1.push(*value);
+                self.number.2.push(*low);
+                self.number.3.push(*high);
+            }
+            IndexValue::Quantity { value, low, high, system, code: unit_code, unit } => {
+                let rows = &mut self.quantity;
+                rows.columns.push(key, code);
+                rows.value.push(*value);
+                rows.low.push(*low);
+                rows.high.push(*high);
+                rows.system.push(system.clone());
+                rows.unit_code.push(unit_code.clone());
+                rows.unit.push(unit.clone());
+            }
+            IndexValue::Reference { target_type, target_id, url } => {
+                self.reference.0.push(key, code);
+                self.reference.1.push(target_type.clone());
+                self.reference.2.push(target_id.clone());
+                self.reference.3.push(url.clone());
+            }
+            IndexValue::Uri { value } => {
+                self.uri.0.push(key, code);
+                self.uri.1.push(value.clone());
+            }
+        }
+    }
+}
+
+/// The index tables, for deleting a resource's rows.
+const INDEX_TABLES: [&str; 7] = [
+    "idx_string",
+    "idx_token",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_reference",
+    "idx_uri",
+];
+
+/// Deletes every index row of the given resources (all of one type).
+pub async fn clear(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    ids: &[String],
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for table in INDEX_TABLES {
+        let statement = format!(
+            "DELETE FROM {table} WHERE tenant = current_setting('infoctor.tenant') \
+             AND resource_type = $1 AND id = ANY($2)"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(resource_type)
+            .bind(ids)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Inserts the index rows of many resources.
+pub async fn insert(
+    conn: &mut PgConnection,
+    resources: &[(ResourceKey<'_>, &[IndexEntry])],
+) -> Result<(), sqlx::Error> {
+    let mut rows = Rows::default();
+    for (key, entries) in resources {
+        for entry in *entries {
+            rows.add(*key, entry);
+        }
+    }
+    const TENANT: &str = "current_setting('infoctor.tenant')";
+    if !rows.string.0.id.is_empty() {
+        let (c, norm, exact) = &rows.string;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact) \
+             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+        )))
+        .bind(&c.resource_type)
+        .bind(&c.id)
+        .bind(&c.code)
+        .bind(norm)
+        .bind(exact)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !rows.token.0.id.is_empty() {
+        let (c, system, value, display) = &rows.token;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idx_token (tenant, resource_type, id, code, system, value, display) \
+             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+        )))
+        .bind(&c.resource_type)
+        .bind(&c.id)
+        .bind(&c.code)
+        .bind(system)
+        .bind(value)
+        .bind(display)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !rows.date.0.id.is_empty() {
+        let (c, low, high) = &rows.date;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idx_date (tenant, resource_type, id, code, low, high) \
+             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])"
+        )))
+        .bind(&c.resource_type)
+        .bind(&c.id)
+        .bind(&c.code)
+        .bind(low)
+        .bind(high)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !rows.number.0.id.is_empty() {
+        let (c, value, low, high) = &rows.number;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idx_number (tenant, resource_type, id, code, value, low, high) \
+             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[])"
+        )))
+        .bind(&c.resource_type)
+        .bind(&c.id)
+        .bind(&c.code)
+        .bind(value)
+        .bind(low)
+        .bind(high)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !rows.quantity.columns.id.is_empty() {
+        let q = &rows.quantity;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idx_quantity (tenant, resource_type, id, code, value, low, high, system, unit_code, unit) \
+             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], \
+             $6::numeric[], $7::text[], $8::text[], $9::text[])"
+        )))
+        .bind(&q.columns.resource_type)
+        .bind(&q.columns.id)
+        .bind(&q.columns.code)
+        .bind(&q.value)
+        .bind(&q.low)
+        .bind(&q.high)
+        .bind(&q.system)
+        .bind(&q.unit_code)
+        .bind(&q.unit)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !rows.reference.0.id.is_empty() {
+        let (c, target_type, target_id, url) = &rows.reference;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idx_reference (tenant, resource_type, id, code, target_type, target_id, url) \
+             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+        )))
+        .bind(&c.resource_type)
+        .bind(&c.id)
+        .bind(&c.code)
+        .bind(target_type)
+        .bind(target_id)
+        .bind(url)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !rows.uri.0.id.is_empty() {
+        let (c, value) = &rows.uri;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO idx_uri (tenant, resource_type, id, code, value) \
+             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+        )))
+        .bind(&c.resource_type)
+        .bind(&c.id)
+        .bind(&c.code)
+        .bind(value)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Deletes every index row of resources of mixed types, given as parallel
+/// arrays of types and ids.
+pub async fn clear_keys(
+    conn: &mut PgConnection,
+    resource_types: &[String],
+    ids: &[String],
+) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for table in INDEX_TABLES {
+        let statement = format!(
+            "DELETE FROM {table} t USING unnest($1::text[], $2::text[]) AS k(resource_type, id) \
+             WHERE t.tenant = current_setting('infoctor.tenant') \
+               AND t.resource_type = k.resource_type AND t.id = k.id"
+        );
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(resource_types)
+            .bind(ids)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,403 @@
+//! FHIR R4 search parameters and the index values extracted from resources at write time.
+//!
+//! [`SearchParamRegistry::r4`] loads the R4 search parameters embedded from
+//! `definitions/search-parameters-r4.json.gz` and compiles each FHIRPath expression once.
+//! [`extract`] evaluates every indexed parameter of a resource's type and converts each result
+//! to an [`IndexValue`], the rows the store writes so that searches never read resource JSON.
+//!
+//! Not extracted: composite and special parameters (`near`, the component pairs such as
+//! `code-value-quantity`), parameters without an expression (`_content`, `_text`, `_query`),
+//! and `_id` and `_lastUpdated`, which the store indexes from its own columns. Values of a
+//! type that a parameter kind does not cover (a `Range` under a token parameter, say) yield no
+//! entry. A date that does not parse fails the whole extraction with [`ExtractError`], since
+//! the resource is invalid.
+
+mod convert;
+#[cfg(test)]
+mod tests;
+
+use crate::datetime::DateTimeError;
+use crate::fhirpath::{Expression, FhirPathError};
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::OnceLock;
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+
+static SEARCH_PARAMETERS_R4_GZ: &[u8] =
+    include_bytes!("../../definitions/search-parameters-r4.json.gz");
+static COMPARTMENT_PATIENT_R4_GZ: &[u8] =
+    include_bytes!("../../definitions/compartment-patient-r4.json.gz");
+
+/// Kind of a search parameter, as in `SearchParameter.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SearchParamType {
+    Number,
+    Date,
+    String,
+    Token,
+    Reference,
+    Composite,
+    Quantity,
+    Uri,
+    Special,
+}
+
+impl SearchParamType {
+    /// Parses the R4 code (`token`, `date`, ...).
+    pub fn from_code(code: &str) -> Option<SearchParamType> {
+        Some(match code {
+            "number" => SearchParamType::Number,
+            "date" => SearchParamType::Date,
+            "string" => SearchParamType::String,
+            "token" => SearchParamType::Token,
+            "reference" => SearchParamType::Reference,
+            "composite" => SearchParamType::Composite,
+            "quantity" => SearchParamType::Quantity,
+            "uri" => SearchParamType::Uri,
+            "special" => SearchParamType::Special,
+            _ => return None,
+        })
+    }
+}
+
+/// One search parameter as it applies to one resource type.
+#[derive(Debug, Clone)]
+pub struct SearchParamDef {
+    pub code: String,
+    pub kind: SearchParamType,
+    /// The FHIRPath expression, reduced to the union members for this resource type.
+    pub expression: Option<String>,
+    /// Resource types a reference parameter may point to.
+    pub targets: Vec<String>,
+    pub url: String,
+    compiled: Option<Expression>,
+}
+
+impl SearchParamDef {
+    /// Returns the compiled expression, if the parameter has one.
+    pub fn compiled(&self) -> Option<&Expression> {
+        self.compiled.as_ref()
+    }
+
+    /// Whether [`extract`] produces index entries for this parameter.
+    pub fn is_indexed(&self) -> bool {
+        self.compiled.is_some()
+            && !matches!(
+                self.kind,
+                SearchParamType::Composite | SearchParamType::Special
+            )
+            && !matches!(self.code.as_str(), "_id" | "_lastUpdated")
+    }
+}
+
+/// Why the embedded search parameter or compartment file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("failed to decompress the search definitions: {0}")]
+    Decompress(#[from] std::io::Error),
+    #[error("failed to parse the search definitions: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("search parameter {resource_type}.{code} has unknown type '{kind}'")]
+    UnknownType {
+        resource_type: String,
+        code: String,
+        kind: String,
+    },
+    #[error("search parameter {resource_type}.{code} has an invalid expression: {source}")]
+    Expression {
+        resource_type: String,
+        code: String,
+        source: FhirPathError,
+    },
+}
+
+/// The search parameters of every R4 resource type, with inherited ones merged in.
+#[derive(Debug)]
+pub struct SearchParamRegistry {
+    by_type: HashMap<String, Vec<SearchParamDef>>,
+    /// Parameters every resource has, for types without their own entry.
+    common: Vec<SearchParamDef>,
+    compartment: HashMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawParameters {
+    parameters: HashMap<String, Vec<RawParameter>>,
+}
+
+#[derive(Deserialize)]
+struct RawParameter {
+    code: String,
+    #[serde(rename = "type")]
+    kind: String,
+    expression: Option<String>,
+    #[serde(default)]
+    targets: Vec<String>,
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct RawCompartment {
+    resources: HashMap<String, Vec<String>>,
+}
+
+fn gunzip(bytes: &[u8]) -> Result<String, std::io::Error> {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(bytes).read_to_string(&mut text)?;
+    Ok(text)
+}
+
+impl SearchParamRegistry {
+    /// Returns the registry of the R4 search parameters embedded in the crate.
+    pub fn r4() -> &'static SearchParamRegistry {
+        static REGISTRY: OnceLock<SearchParamRegistry> = OnceLock::new();
+        REGISTRY.get_or_init(|| {
+            // The embedded files are checked by this module's tests, so a failure here is a
+            // build defect rather than an input error.
+            SearchParamRegistry::from_gzip(SEARCH_PARAMETERS_R4_GZ, COMPARTMENT_PATIENT_R4_GZ)
+                .expect("the embedded R4 search parameters are valid")
+        })
+    }
+
+    /// Loads a registry from the gzip-compressed files that `definitions/generate.py` writes.
+    pub fn from_gzip(
+        parameters: &[u8],
+        compartment: &[u8],
+    ) -> Result<SearchParamRegistry, RegistryError> {
+        let raw: RawParameters = serde_json::from_str(&gunzip(parameters)?)?;
+        let compartment: RawCompartment = serde_json::from_str(&gunzip(compartment)?)?;
+        let mut own: HashMap<String, Vec<SearchParamDef>> = HashMap::new();
+        for (resource_type, entries) in raw.parameters {
+            let mut defs = Vec::with_capacity(entries.len());
+            for entry in entries {
+                defs.push(build_def(&resource_type, entry)?);
+            }
+            own.insert(resource_type, defs);
+        }
+        let common = own.remove("Resource").unwrap_or_default();
+        let domain = own.remove("DomainResource").unwrap_or_default();
+        let by_type = own
+            .into_iter()
+            .map(|(resource_type, defs)| {
+                let mut all = common.clone();
+                if !matches!(resource_type.as_str(), "Bundle" | "Binary" | "Parameters") {
+                    all.extend(domain.iter().cloned());
+                }
+                all.extend(defs);
+                (resource_type, all)
+            })
+            .collect();
+        Ok(SearchParamRegistry {
+            by_type,
+            common,
+            compartment: compartment.resources,
+        })
+    }
+
+    /// Returns the parameters of a resource type, inherited ones included.
+    pub fn params_for(&self, resource_type: &str) -> &[SearchParamDef] {
+        self.by_type
+            .get(resource_type)
+            .map_or(self.common.as_slice(), Vec::as_slice)
+    }
+
+    /// Finds one parameter of a resource type by its code.
+    pub fn get(&self, resource_type: &str, code: &str) -> Option<&SearchParamDef> {
+        self.params_for(resource_type)
+            .iter()
+            .find(|def| def.code == code)
+    }
+
+    /// Returns the codes of the parameters that place a resource type in the Patient
+    /// compartment, empty for types outside it.
+    pub fn compartment_params(&self, resource_type: &str) -> &[String] {
+        self.compartment
+            .get(resource_type)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Iterates over the resource types that have their own parameters.
+    pub fn resource_types(&self) -> impl Iterator<Item = &str> {
+        self.by_type.keys().map(String::as_str)
+    }
+}
+
+/// Returns the codes of the parameters that place a resource type in the Patient compartment.
+pub fn compartment_params(resource_type: &str) -> &'static [String] {
+    SearchParamRegistry::r4().compartment_params(resource_type)
+}
+
+fn build_def(resource_type: &str, raw: RawParameter) -> Result<SearchParamDef, RegistryError> {
+    let kind = SearchParamType::from_code(&raw.kind).ok_or_else(|| RegistryError::UnknownType {
+        resource_type: resource_type.to_string(),
+        code: raw.code.clone(),
+        kind: raw.kind.clone(),
+    })?;
+    let compiled = match &raw.expression {
+        Some(text) => Some(Expression::parse(text).map_err(|source| {
+            RegistryError::Expression {
+                resource_type: resource_type.to_string(),
+                code: raw.code.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    Ok(SearchParamDef {
+        code: raw.code,
+        kind,
+        expression: raw.expression,
+        targets: raw.targets,
+        url: raw.url,
+        compiled,
+    })
+}
+
+/// One row of the search index.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IndexEntry {
+    /// The search parameter code.
+    pub code: &'static str,
+    pub value: IndexValue,
+}
+
+/// A value to index under one search parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IndexValue {
+    /// A string, once as [`normalize_string`] output for the default (prefix, case- and
+    /// accent-insensitive) match and once as written for `:exact`.
+    String { normalized: String, exact: String },
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+        display: Option<String>,
+    },
+    /// The inclusive span of a date, dateTime, instant, Period or Timing event.
+    Date {
+        low: DateTime<Utc>,
+        high: DateTime<Utc>,
+    },
+    /// A number with the range its significant digits imply.
+    Number {
+        value: Decimal,
+        low: Decimal,
+        high: Decimal,
+    },
+    Quantity {
+        value: Decimal,
+        low: Decimal,
+        high: Decimal,
+        system: Option<String>,
+        code: Option<String>,
+        unit: Option<String>,
+    },
+    /// A reference. Relative `Type/id` references fill the type and id; absolute URLs,
+    /// contained references and canonicals keep the URL only.
+    Reference {
+        target_type: Option<String>,
+        target_id: Option<String>,
+        url: String,
+    },
+    Uri { value: String },
+}
+
+/// Why a resource could not be indexed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("the resource has no resourceType")]
+    MissingResourceType,
+    #[error("search parameter '{code}' could not be evaluated: {source}")]
+    Evaluation {
+        code: String,
+        source: FhirPathError,
+    },
+    #[error("search parameter '{code}': {source}")]
+    InvalidDate {
+        code: String,
+        source: DateTimeError,
+    },
+    #[error("search parameter '{code}': invalid number '{value}'")]
+    InvalidNumber { code: String, value: String },
+}
+
+/// Extracts the index entries of every indexed search parameter of the resource's type,
+/// without duplicates, in parameter order.
+pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
+    let resource_type = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .ok_or(ExtractError::MissingResourceType)?;
+    let registry = SearchParamRegistry::r4();
+    let mut entries: Vec<IndexEntry> = Vec::new();
+    let mut values = Vec::new();
+    for def in registry.params_for(resource_type) {
+        if !def.is_indexed() {
+            continue;
+        }
+        let Some(expression) = def.compiled() else {
+            continue;
+        };
+        let items = expression
+            .evaluate(resource)
+            .map_err(|source| ExtractError::Evaluation {
+                code: def.code.clone(),
+                source,
+            })?;
+        values.clear();
+        for item in &items {
+            convert::convert(def, item, &mut values)?;
+        }
+        for value in values.drain(..) {
+            let entry = IndexEntry {
+                code: def.code.as_str(),
+                value,
+            };
+            // Entries of other parameters never compare equal, so only this one's are checked.
+            let duplicate = entries
+                .iter()
+                .rev()
+                .take_while(|e| e.code == entry.code)
+                .any(|e| *e == entry);
+            if !duplicate {
+                entries.push(entry);
+            }
+        }
+    }
+    Ok(entries)
+}
+
+/// Normalizes a string for the default string search: Unicode NFD with combining marks
+/// removed, lowercase, trimmed, and inner whitespace runs collapsed to one space.
+pub fn normalize_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut pending_space = false;
+    let mut push = |c: char, out: &mut String| {
+        if c.is_whitespace() {
+            pending_space = !out.is_empty();
+            return;
+        }
+        if pending_space {
+            out.push(' ');
+            pending_space = false;
+        }
+        for lower in c.to_lowercase() {
+            out.push(lower);
+        }
+    };
+    if s.is_ascii() {
+        for c in s.chars() {
+            push(c, &mut out);
+        }
+    } else {
+        for c in s.nfd().filter(|c| !is_combining_mark(*c)) {
+            push(c, &mut out);
+        }
+    }
+    out
+}
+

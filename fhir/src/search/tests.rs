@@ -1,0 +1,433 @@
+//! Tests of the search parameter registry and index extraction against the R4 definitions and
+//! the Synthea sample data.
+
+use super::*;
+use crate::datetime::DateRange;
+use serde_json::json;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Folder of the test data, from `INFOCTOR_TEST_DATA` or `../shared/data` beside the workspace.
+fn test_data() -> PathBuf {
+    match std::env::var_os("INFOCTOR_TEST_DATA") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+    }
+}
+
+fn read_gzip(path: &std::path::Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    gunzip(&bytes).unwrap_or_else(|e| panic!("gunzip {}: {e}", path.display()))
+}
+
+fn load_ndjson(resource_type: &str) -> Vec<Value> {
+    let path = test_data()
+        .join("synthea-r4-2019/ndjson")
+        .join(format!("{resource_type}.ndjson.gz"));
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    std::io::BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .map(|line| {
+            let line = line.unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
+        })
+        .collect()
+}
+
+fn find<'v>(resources: &'v [Value], id: &str) -> &'v Value {
+    resources
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("resource {id} not found"))
+}
+
+fn entries_for(resource: &Value, code: &str) -> Vec<IndexValue> {
+    extract(resource)
+        .unwrap_or_else(|e| panic!("extract {}: {e}", resource["id"]))
+        .into_iter()
+        .filter(|entry| entry.code == code)
+        .map(|entry| entry.value)
+        .collect()
+}
+
+fn instant(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_else(|e| panic!("bad instant {text}: {e}"))
+}
+
+fn token(system: &str, code: &str, display: &str) -> IndexValue {
+    IndexValue::Token {
+        system: Some(system.to_string()),
+        code: Some(code.to_string()),
+        display: Some(display.to_string()),
+    }
+}
+
+fn reference(target_type: &str, id: &str) -> IndexValue {
+    IndexValue::Reference {
+        target_type: Some(target_type.to_string()),
+        target_id: Some(id.to_string()),
+        url: format!("{target_type}/{id}"),
+    }
+}
+
+fn decimal(text: &str) -> Decimal {
+    Decimal::from_str_exact(text).unwrap_or_else(|e| panic!("bad decimal {text}: {e}"))
+}
+
+#[test]
+fn all_r4_expressions_parse() {
+    let text = read_gzip(&test_data().join("fhir-r4-definitions/search-parameters.json.gz"));
+    let bundle: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    let entries = bundle["entry"].as_array().map_or(&[][..], Vec::as_slice);
+    let mut parsed = 0;
+    let mut failures = Vec::new();
+    for entry in entries {
+        let Some(expression) = entry["resource"]["expression"].as_str() else {
+            continue;
+        };
+        match Expression::parse(expression) {
+            Ok(_) => parsed += 1,
+            Err(e) => failures.push(format!("{expression}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(parsed, 1375);
+}
+
+#[test]
+fn registry_merges_inherited_params() {
+    let registry = SearchParamRegistry::r4();
+    let patient = registry.params_for("Patient");
+    let codes: Vec<&str> = patient.iter().map(|p| p.code.as_str()).collect();
+    for code in ["_id", "_lastUpdated", "_tag", "_profile", "_text", "birthdate", "name"] {
+        assert!(codes.contains(&code), "Patient lacks {code}");
+    }
+    let birthdate = registry.get("Patient", "birthdate");
+    assert_eq!(birthdate.map(|p| p.kind), Some(SearchParamType::Date));
+    assert_eq!(
+        birthdate.and_then(|p| p.expression.as_deref()),
+        Some("Patient.birthDate")
+    );
+    let subject = registry.get("Observation", "subject");
+    let targets = subject.map(|p| p.targets.clone()).unwrap_or_default();
+    assert!(targets.contains(&"Patient".to_string()), "{targets:?}");
+    let code = registry.get("Observation", "code");
+    assert_eq!(code.and_then(|p| p.expression.as_deref()), Some("Observation.code"));
+    assert!(registry.get("Patient", "no-such-param").is_none());
+    let bundle_codes: Vec<&str> = registry.params_for("Bundle").iter().map(|p| p.code.as_str()).collect();
+    assert!(!bundle_codes.contains(&"_text"));
+    assert!(registry.get("Observation", "combo-code-value-quantity").is_some_and(|p| !p.is_indexed()));
+}
+
+#[test]
+fn registry_compiles_every_expression() {
+    let registry = SearchParamRegistry::r4();
+    let mut with_expression = 0;
+    for resource_type in registry.resource_types() {
+        for def in registry.params_for(resource_type) {
+            assert_eq!(def.expression.is_some(), def.compiled().is_some(), "{resource_type}.{}", def.code);
+            with_expression += usize::from(def.expression.is_some());
+        }
+    }
+    assert!(with_expression > 2000, "{with_expression}");
+}
+
+#[test]
+fn compartment_lists_patient_links() {
+    assert_eq!(compartment_params("Observation"), ["subject", "performer"]);
+    assert!(compartment_params("Organization").is_empty());
+    assert_eq!(compartment_params("Encounter"), ["subject"]);
+}
+
+#[test]
+fn normalize_string_folds_accents() {
+    assert_eq!(normalize_string("Ordóñez"), "ordonez");
+    assert_eq!(normalize_string("  Miguel   Ángel \t"), "miguel angel");
+    assert_eq!(normalize_string("MÜLLER-Lüdenscheidt"), "muller-ludenscheidt");
+    assert_eq!(normalize_string("ÇA"), "ca");
+    assert_eq!(normalize_string(""), "");
+    assert_eq!(normalize_string("   "), "");
+}
+
+#[test]
+fn patient_birthdate_and_names() {
+    let patients = load_ndjson("Patient");
+    let patient = find(&patients, "9ceb9c47-030c-4ef2-a7d6-97f2c5676644");
+    let birthdate = entries_for(patient, "birthdate");
+    assert_eq!(
+        birthdate,
+        [IndexValue::Date {
+            low: instant("1957-06-29T00:00:00Z"),
+            high: instant("1957-06-29T23:59:59.999Z"),
+        }]
+    );
+    let family = entries_for(patient, "family");
+    assert_eq!(
+        family,
+        [IndexValue::String {
+            normalized: "ordonez".into(),
+            exact: "Ordóñez".into(),
+        }]
+    );
+    let name = entries_for(patient, "name");
+    let normalized: Vec<&str> = name
+        .iter()
+        .filter_map(|v| match v {
+            IndexValue::String { normalized, .. } => Some(normalized.as_str()),
+            _ => None,
+        })
+        .collect();
+    for expected in ["mr.", "bernardo", "ordonez", "mr. bernardo ordonez"] {
+        assert!(normalized.contains(&expected), "{expected} missing from {normalized:?}");
+    }
+    let gender = entries_for(patient, "gender");
+    assert_eq!(gender.len(), 1);
+    assert!(matches!(&gender[0], IndexValue::Token { code: Some(c), system: None, .. } if c == "male"));
+    let deceased = entries_for(patient, "deceased");
+    assert_eq!(deceased.len(), 1);
+    let identifiers = entries_for(patient, "identifier");
+    assert!(identifiers.iter().any(|v| matches!(v,
+        IndexValue::Token { system: Some(s), code: Some(_), .. } if s == "https://github.com/synthetichealth/synthea")));
+    let address = entries_for(patient, "address-city");
+    assert_eq!(address.len(), 1);
+    let tag = entries_for(patient, "_tag");
+    assert_eq!(
+        tag,
+        [IndexValue::Token {
+            system: Some("https://smarthealthit.org/tags".into()),
+            code: Some("synthea-5-2019".into()),
+            display: None,
+        }]
+    );
+    assert!(entries_for(patient, "_id").is_empty());
+}
+
+#[test]
+fn observation_code_value_subject() {
+    let observations = load_ndjson("Observation");
+    let observation = find(&observations, "314cd1c6-775a-4078-bdb3-e3d0b1831f70");
+    let code = entries_for(observation, "code");
+    assert_eq!(
+        code,
+        [
+            token("http://loinc.org", "2339-0", "Glucose"),
+            IndexValue::Token {
+                system: None,
+                code: None,
+                display: Some("Glucose".into()),
+            },
+        ]
+    );
+    let quantity = entries_for(observation, "value-quantity");
+    assert_eq!(
+        quantity,
+        [IndexValue::Quantity {
+            value: decimal("79.08956638052166"),
+            low: decimal("79.089566380521655"),
+            high: decimal("79.089566380521665"),
+            system: Some("http://unitsofmeasure.org".into()),
+            code: Some("mg/dL".into()),
+            unit: Some("mg/dL".into()),
+        }]
+    );
+    let patient = reference("Patient", "768be7ac-743f-4c24-aa0f-fed5a3a38b6a");
+    assert_eq!(entries_for(observation, "patient"), [patient]);
+    let subject = entries_for(observation, "subject");
+    assert!(matches!(&subject[..], [IndexValue::Reference { target_id: Some(id), .. }] if id == "768be7ac-743f-4c24-aa0f-fed5a3a38b6a"));
+    let date = entries_for(observation, "date");
+    assert_eq!(
+        date,
+        [IndexValue::Date {
+            low: instant("2011-04-18T17:45:54Z"),
+            high: instant("2011-04-18T17:45:54.999Z"),
+        }]
+    );
+    let category = entries_for(observation, "category");
+    assert_eq!(category.len(), 1);
+}
+
+#[test]
+fn condition_onset_from_datetime() {
+    let conditions = load_ndjson("Condition");
+    let condition = find(&conditions, "193d1747-2e8b-41ed-852b-76d95270ddd2");
+    assert_eq!(
+        entries_for(condition, "onset-date"),
+        [IndexValue::Date {
+            low: instant("1953-07-22T17:45:54Z"),
+            high: instant("1953-07-22T17:45:54.999Z"),
+        }]
+    );
+    assert_eq!(
+        entries_for(condition, "patient"),
+        [reference("Patient", "768be7ac-743f-4c24-aa0f-fed5a3a38b6a")]
+    );
+    let clinical = entries_for(condition, "clinical-status");
+    assert!(matches!(&clinical[..], [IndexValue::Token { code: Some(c), .. }] if c == "active"));
+}
+
+#[test]
+fn encounter_date_from_period() {
+    let encounters = load_ndjson("Encounter");
+    let encounter = find(&encounters, "3b075331-7b15-4f37-a3f6-af53cfb96289");
+    assert_eq!(
+        entries_for(encounter, "date"),
+        [IndexValue::Date {
+            low: instant("1953-07-22T17:45:54Z"),
+            high: instant("1953-07-22T18:00:54.999Z"),
+        }]
+    );
+    let practitioner = entries_for(encounter, "practitioner");
+    assert_eq!(practitioner, [reference("Practitioner", "34ef92a2-f1a5-4324-b274-4ccf96f9f2d1")]);
+    let class = entries_for(encounter, "class");
+    assert!(matches!(&class[..], [IndexValue::Token { code: Some(c), .. }] if c == "AMB"));
+}
+
+#[test]
+fn claim_immunization_medication() {
+    let claims = load_ndjson("Claim");
+    let claim = find(&claims, "2078aa8a-8578-4459-9295-de7aa2c04f43");
+    assert_eq!(
+        entries_for(claim, "patient"),
+        [reference("Patient", "768be7ac-743f-4c24-aa0f-fed5a3a38b6a")]
+    );
+    let immunizations = load_ndjson("Immunization");
+    let immunization = find(&immunizations, "bc32f371-11f0-4877-bd8b-fcda4de9b606");
+    let vaccine = entries_for(immunization, "vaccine-code");
+    assert_eq!(
+        vaccine[0],
+        token(
+            "http://hl7.org/fhir/sid/cvx",
+            "140",
+            "Influenza, seasonal, injectable, preservative free"
+        )
+    );
+    let requests = load_ndjson("MedicationRequest");
+    let request = find(&requests, "eb6dbaba-1a33-45d4-8be6-1d9141814431");
+    let medication = entries_for(request, "medication");
+    assert!(medication.is_empty(), "medication is a reference parameter: {medication:?}");
+    let code = entries_for(request, "code");
+    assert_eq!(
+        code[0],
+        token("http://www.nlm.nih.gov/research/umls/rxnorm", "316672", "Simvistatin 10 MG")
+    );
+    let authored = entries_for(request, "authoredon");
+    assert_eq!(authored.len(), 1);
+}
+
+#[test]
+fn extraction_of_handmade_values() {
+    let resource = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "effectivePeriod": {"start": "2020-01"},
+        "valueQuantity": {"value": 100, "comparator": "<", "unit": "mg"},
+        "subject": {"reference": "https://other.example/fhir/Patient/7"},
+        "performer": [{"reference": "#p"}, {"display": "no reference"}],
+        "identifier": [{"system": "urn:s", "value": "1"}, {"system": "urn:s", "value": "1"}]
+    });
+    assert_eq!(
+        entries_for(&resource, "date"),
+        [IndexValue::Date {
+            low: instant("2020-01-01T00:00:00Z"),
+            high: DateRange::MAX_INSTANT,
+        }]
+    );
+    let quantity = entries_for(&resource, "value-quantity");
+    assert!(matches!(&quantity[..], [IndexValue::Quantity { low, high, .. }] if *low == Decimal::MIN && *high == Decimal::from(100)));
+    assert_eq!(
+        entries_for(&resource, "subject"),
+        [IndexValue::Reference {
+            target_type: None,
+            target_id: None,
+            url: "https://other.example/fhir/Patient/7".into(),
+        }]
+    );
+    // The absolute URL names a Patient, so `where(resolve() is Patient)` keeps it.
+    assert_eq!(entries_for(&resource, "patient").len(), 1);
+    let performer = entries_for(&resource, "performer");
+    assert_eq!(performer.len(), 1);
+    assert_eq!(entries_for(&resource, "identifier").len(), 1);
+    // Parsed from text because `json!` would turn 0.30 into an f64 and drop the trailing zero.
+    let number: Value = serde_json::from_str(
+        r#"{"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/1"},
+            "prediction": [{"probabilityDecimal": 0.30}]}"#,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        entries_for(&number, "probability"),
+        [IndexValue::Number {
+            value: decimal("0.30"),
+            low: decimal("0.295"),
+            high: decimal("0.305"),
+        }]
+    );
+}
+
+#[test]
+fn invalid_date_fails_extraction() {
+    let resource = json!({"resourceType": "Patient", "birthDate": "1990-02-30"});
+    let error = extract(&resource).err();
+    let message = error.map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("birthdate"), "{message}");
+    assert!(message.contains("1990-02-30"), "{message}");
+    assert!(matches!(extract(&json!({"id": "x"})), Err(ExtractError::MissingResourceType)));
+}
+
+#[test]
+fn extraction_over_synthea_succeeds() {
+    let folder = test_data().join("synthea-r4-2019/ndjson");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&folder)
+        .unwrap_or_else(|e| panic!("read {}: {e}", folder.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.to_string_lossy().ends_with(".ndjson.gz"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 16);
+    let mut resources = 0usize;
+    let mut entries = 0usize;
+    let mut elapsed = Duration::ZERO;
+    for path in &files {
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let resource_type = name.trim_end_matches(".ndjson.gz");
+        for resource in load_ndjson(resource_type) {
+            let started = Instant::now();
+            let extracted = extract(&resource).unwrap_or_else(|e| panic!("{resource_type}/{}: {e}", resource["id"]));
+            elapsed += started.elapsed();
+            assert!(!extracted.is_empty(), "{resource_type}/{} yields no entries", resource["id"]);
+            resources += 1;
+            entries += extracted.len();
+        }
+    }
+    assert_eq!(resources, 124_034);
+    let rate = resources as f64 / elapsed.as_secs_f64();
+    println!("extracted {entries} entries from {resources} resources at {rate:.0} resources/s");
+}
+
+/// Measures extraction alone over every Synthea resource held in memory. Run it with
+/// `cargo test --release -p infoctor-fhir extraction_throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark, run on demand in release mode"]
+fn extraction_throughput() {
+    let types = [
+        "AllergyIntolerance", "CarePlan", "Claim", "Condition", "DiagnosticReport", "Encounter",
+        "ExplanationOfBenefit", "Goal", "ImagingStudy", "Immunization", "MedicationRequest",
+        "Observation", "Organization", "Patient", "Practitioner", "Procedure",
+    ];
+    let resources: Vec<Value> = types.iter().flat_map(|t| load_ndjson(t)).collect();
+    let rounds = 5;
+    let started = Instant::now();
+    let mut entries = 0usize;
+    for _ in 0..rounds {
+        for resource in &resources {
+            entries += extract(resource).map(|e| e.len()).unwrap_or(0);
+        }
+    }
+    let elapsed = started.elapsed() / rounds;
+    let entries = entries / rounds as usize;
+    let rate = resources.len() as f64 / elapsed.as_secs_f64();
+    println!("{} resources, {entries} entries in {elapsed:?}: {rate:.0} resources/s", resources.len());
+}
