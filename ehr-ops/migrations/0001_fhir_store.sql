@@ -7,6 +7,7 @@
 -- application connects as a role that owns nothing (see roles.rs).
 
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE EXTENSION IF NOT EXISTS btree_gist;
 
 CREATE TABLE tenants (
     tenant      text COLLATE "C" PRIMARY KEY
@@ -23,7 +24,7 @@ CREATE TABLE resource_versions (
     version_id     bigint NOT NULL,
     last_updated   timestamptz NOT NULL,
     operation      text NOT NULL CHECK (operation IN ('create', 'update', 'delete')),
-    resource       jsonb,
+    resource       jsonb COMPRESSION lz4,
     PRIMARY KEY (tenant, resource_type, id, version_id),
     CHECK ((operation = 'delete') = (resource IS NULL))
 );
@@ -66,8 +67,7 @@ CREATE TABLE idx_token (
     id             text COLLATE "C" NOT NULL,
     code           text COLLATE "C" NOT NULL,
     system         text COLLATE "C",
-    value          text COLLATE "C",
-    display        text
+    value          text COLLATE "C"
 );
 CREATE INDEX idx_token_lookup ON idx_token (tenant, resource_type, code, value, system);
 CREATE INDEX idx_token_resource ON idx_token (tenant, resource_type, id);
@@ -80,8 +80,11 @@ CREATE TABLE idx_date (
     low            timestamptz NOT NULL,
     high           timestamptz NOT NULL
 );
-CREATE INDEX idx_date_low ON idx_date (tenant, resource_type, code, low);
-CREATE INDEX idx_date_high ON idx_date (tenant, resource_type, code, high);
+-- Date searches compare ranges (a day, a period) with ranges; a GiST index
+-- over the stored range answers overlap and containment from both ends at
+-- once, where B-tree indexes on low and high could only bound one end.
+CREATE INDEX idx_date_range ON idx_date
+    USING gist (tenant, resource_type, code, tstzrange(low, high, '[]'));
 CREATE INDEX idx_date_resource ON idx_date (tenant, resource_type, id);
 
 CREATE TABLE idx_number (
@@ -118,11 +121,18 @@ CREATE TABLE idx_reference (
     code           text COLLATE "C" NOT NULL,
     target_type    text COLLATE "C",
     target_id      text COLLATE "C",
-    url            text COLLATE "C" NOT NULL
+    -- The reference text, kept only when it names no local Type/id
+    -- (absolute URLs, canonicals), the one case searched by text.
+    url            text COLLATE "C",
+    CHECK ((target_id IS NULL) = (url IS NOT NULL))
 );
-CREATE INDEX idx_reference_lookup ON idx_reference (tenant, resource_type, code, target_id, target_type);
-CREATE INDEX idx_reference_target ON idx_reference (tenant, target_type, target_id);
-CREATE INDEX idx_reference_url ON idx_reference (tenant, resource_type, code, url);
+-- One index serves both directions: searches (`Observation?subject=X`
+-- filters on target_id, resource_type and code) and reverse lookups
+-- (`_revinclude`, `$everything` and chains filter on target_id and type).
+CREATE INDEX idx_reference_target
+    ON idx_reference (tenant, target_id, target_type, resource_type, code);
+-- Absolute URLs that name no local Type/id are the only ones searched by text.
+CREATE INDEX idx_reference_url ON idx_reference (tenant, url) WHERE target_id IS NULL;
 CREATE INDEX idx_reference_resource ON idx_reference (tenant, resource_type, id);
 
 CREATE TABLE idx_uri (

@@ -57,7 +57,9 @@ pub enum FhirError {
     #[error("precondition failed: {0}")]
     PreconditionFailed(String),
     /// A conditional operation matched more than one resource.
-    #[error("conditional {operation} matched {count} resources; narrow the criteria so at most one matches")]
+    #[error(
+        "conditional {operation} matched {count} resources; narrow the criteria so at most one matches"
+    )]
     MultipleMatches {
         /// Which interaction.
         operation: &'static str,
@@ -126,12 +128,14 @@ impl FhirError {
     pub fn issues(&self, request_id: &str) -> Vec<Issue> {
         let (code, text) = match self {
             FhirError::Invalid(issues) => return issues.clone(),
-            FhirError::UnknownTenant(_) | FhirError::NotFound { .. } | FhirError::VersionNotFound { .. } => {
-                ("not-found", self.to_string())
-            }
+            FhirError::UnknownTenant(_)
+            | FhirError::NotFound { .. }
+            | FhirError::VersionNotFound { .. } => ("not-found", self.to_string()),
             FhirError::UnknownResourceType(_) => ("not-supported", self.to_string()),
             FhirError::Gone { .. } => ("deleted", self.to_string()),
-            FhirError::Conflict(_) | FhirError::PreconditionFailed(_) => ("conflict", self.to_string()),
+            FhirError::Conflict(_) | FhirError::PreconditionFailed(_) => {
+                ("conflict", self.to_string())
+            }
             FhirError::MultipleMatches { .. } => ("multiple-matches", self.to_string()),
             FhirError::PayloadTooLarge { .. } => ("too-long", self.to_string()),
             FhirError::UnsupportedMediaType(_) | FhirError::NotSupported(_) => {

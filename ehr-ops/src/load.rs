@@ -24,7 +24,7 @@ use crate::error::FhirError;
 use crate::postgres::Database;
 use crate::store::{self, PreparedResource, bulk};
 
-/// Why a load failed.
+/// Errors of a load.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// A path does not exist or cannot be read.
@@ -44,7 +44,7 @@ pub enum LoadError {
     Invalid {
         /// `file:line` or `file entry N`.
         location: String,
-        /// What is wrong.
+        /// Description of the problem.
         message: String,
     },
     /// The tenant does not exist.
@@ -57,6 +57,12 @@ pub enum LoadError {
     #[error("store error while loading: {0}")]
     Store(#[from] FhirError),
 }
+
+/// Concurrent database writers of one load.
+const WRITERS: usize = 3;
+
+/// Writes after which a load refreshes the planner statistics.
+const ANALYZE_AFTER_WRITES: usize = 10_000;
 
 /// Settings of a load.
 #[derive(Debug, Clone)]
@@ -203,7 +209,8 @@ struct CountingReader<R> {
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.count
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -219,7 +226,9 @@ fn open(
     })?;
     let counted = CountingReader { inner: file, count };
     Ok(if gzip {
-        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted))))
+        Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(
+            BufReader::new(counted),
+        )))
     } else {
         Box::new(BufReader::new(counted))
     })
@@ -259,47 +268,105 @@ pub async fn load(
     let (sender, mut receiver) = mpsc::channel::<Result<Item, LoadError>>(2);
     let producer_files = files.clone();
     let producer_options = options.clone();
-    let producer = tokio::task::spawn_blocking(move || produce(&producer_files, &producer_options, &sender));
+    let producer =
+        tokio::task::spawn_blocking(move || produce(&producer_files, &producer_options, &sender));
 
     let mut report = LoadReport {
         files: files.len(),
         ..LoadReport::default()
     };
-    let mut failure = None;
-    while let Some(item) = receiver.recv().await {
-        match item {
-            Ok(Item::Batch(batch, bytes)) => {
-                let count = batch.len() as u64;
-                let types: Vec<String> = batch.iter().map(|p| p.resource_type.clone()).collect();
-                let mut tx = db.begin_tenant(tenant).await?;
-                let per_type = write_grouped(&mut tx, batch).await?;
-                tx.commit().await?;
-                for (resource_type, counts) in per_type {
-                    let entry = report.per_type.entry(resource_type).or_default();
-                    entry.created += counts.created;
-                    entry.updated += counts.updated;
-                    entry.unchanged += counts.unchanged;
+    // Several writers, each on its own connection, keep PostgreSQL busy on
+    // every core while the next batch is prepared. Resources are routed to
+    // a writer by a hash of their key, so every occurrence of one resource
+    // goes through the same writer, in file order.
+    let mut senders = Vec::with_capacity(WRITERS);
+    let mut writers = Vec::with_capacity(WRITERS);
+    for _ in 0..WRITERS {
+        let (sender, receiver) = mpsc::channel::<Vec<PreparedResource>>(2);
+        senders.push(sender);
+        writers.push(write_all(db, tenant, receiver, progress));
+    }
+    let skipped = std::sync::Mutex::new(BTreeMap::<String, usize>::new());
+    let dispatch = async {
+        let senders = senders;
+        while let Some(item) = receiver.recv().await {
+            match item {
+                Ok(Item::Batch(batch, bytes)) => {
+                    let mut parts: Vec<Vec<PreparedResource>> =
+                        (0..WRITERS).map(|_| Vec::new()).collect();
+                    for prepared in batch {
+                        parts[writer_for(&prepared)].push(prepared);
+                    }
+                    for (sender, part) in senders.iter().zip(parts) {
+                        if !part.is_empty() && sender.send(part).await.is_err() {
+                            // The writer stopped on an error, which it reports.
+                            return Ok(());
+                        }
+                    }
+                    progress.advance(0, bytes);
                 }
-                drop(types);
-                progress.advance(count, bytes);
+                Ok(Item::Skipped(resource_type)) => {
+                    if let Ok(mut skipped) = skipped.lock() {
+                        *skipped.entry(resource_type).or_default() += 1;
+                    }
+                }
+                Err(err) => return Err(err),
             }
-            Ok(Item::Skipped(resource_type)) => {
-                report.per_type.entry(resource_type).or_default().skipped += 1;
-            }
+        }
+        Ok(())
+    };
+    let (dispatched, results) = tokio::join!(dispatch, futures::future::join_all(writers));
+    let mut failure = dispatched.err();
+    let mut written = Vec::new();
+    for result in results {
+        match result {
+            Ok(counts) => written.push(counts),
             Err(err) => {
-                failure = Some(err);
-                break;
+                failure.get_or_insert(err);
             }
         }
     }
+    for counts in written {
+        for (resource_type, counts) in counts {
+            let entry = report.per_type.entry(resource_type).or_default();
+            entry.created += counts.created;
+            entry.updated += counts.updated;
+            entry.unchanged += counts.unchanged;
+        }
+    }
+    for (resource_type, count) in skipped.into_inner().unwrap_or_default() {
+        report.per_type.entry(resource_type).or_default().skipped += count;
+    }
     drop(receiver);
-    let produced = producer
-        .await
-        .map_err(|err| LoadError::Store(FhirError::Internal(format!("loader thread failed: {err}"))))?;
+    let produced = producer.await.map_err(|err| {
+        LoadError::Store(FhirError::Internal(format!("loader thread failed: {err}")))
+    })?;
     if let Some(err) = failure {
         return Err(err);
     }
     produced?;
+    // Batches commit without waiting for their WAL flush; one synchronous
+    // commit at the end flushes all of them before the load reports success.
+    let mut flush = db.begin_tenant(tenant).await?;
+    sqlx::query("SELECT txid_current()")
+        .execute(&mut *flush)
+        .await?;
+    flush.commit().await?;
+    // Fresh statistics let the planner pick index scans for searches right
+    // after a large load instead of waiting for autovacuum.
+    let written: usize = report
+        .per_type
+        .values()
+        .map(|c| c.created + c.updated)
+        .sum();
+    if written >= ANALYZE_AFTER_WRITES {
+        sqlx::query(
+            "ANALYZE resources, resource_versions, idx_string, idx_token, idx_date, idx_number, \
+             idx_quantity, idx_reference, idx_uri",
+        )
+        .execute(db.admin_pool())
+        .await?;
+    }
     report.elapsed = started.elapsed();
     tracing::info!(
         tenant,
@@ -310,6 +377,49 @@ pub async fn load(
     Ok(report)
 }
 
+/// Chooses a writer for a resource by a hash of its key.
+fn writer_for(prepared: &PreparedResource) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    prepared.resource_type.hash(&mut hasher);
+    prepared.id.hash(&mut hasher);
+    (hasher.finish() % WRITERS as u64) as usize
+}
+
+/// Writes every batch that arrives, each in its own transaction, and
+/// returns per-type counts.
+async fn write_all(
+    db: &Database,
+    tenant: &str,
+    mut receiver: mpsc::Receiver<Vec<PreparedResource>>,
+    progress: &dyn Progress,
+) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
+    let mut totals: BTreeMap<String, bulk::BatchCounts> = BTreeMap::new();
+    while let Some(batch) = receiver.recv().await {
+        let count = batch.len() as u64;
+        let mut tx = db.begin_tenant(tenant).await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        // The tables grow from empty during a load, so a plan cached on the
+        // first batches (sequential scans of tiny tables) would be wrong for
+        // the later ones; each statement is planned for its own parameters.
+        sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+            .execute(&mut *tx)
+            .await?;
+        let per_type = write_grouped(&mut tx, batch).await?;
+        tx.commit().await?;
+        for (resource_type, counts) in per_type {
+            let total = totals.entry(resource_type).or_default();
+            total.created += counts.created;
+            total.updated += counts.updated;
+            total.unchanged += counts.unchanged;
+        }
+        progress.advance(count, 0);
+    }
+    Ok(totals)
+}
+
 /// Writes a batch, keeping per-type counts.
 async fn write_grouped(
     conn: &mut sqlx::PgConnection,
@@ -317,7 +427,10 @@ async fn write_grouped(
 ) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
     let mut groups: BTreeMap<String, Vec<PreparedResource>> = BTreeMap::new();
     for prepared in batch {
-        groups.entry(prepared.resource_type.clone()).or_default().push(prepared);
+        groups
+            .entry(prepared.resource_type.clone())
+            .or_default()
+            .push(prepared);
     }
     let mut counts = BTreeMap::new();
     for (resource_type, group) in groups {
@@ -336,21 +449,26 @@ fn produce(
 ) -> Result<(), LoadError> {
     let bytes_read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut reported_bytes = 0u64;
-    let mut pending: Vec<(String, String, Value, String)> = Vec::with_capacity(options.batch_size);
-    let flush = |pending: &mut Vec<(String, String, Value, String)>, reported_bytes: &mut u64| -> Result<bool, LoadError> {
+    let mut pending: Vec<PendingResource> = Vec::with_capacity(options.batch_size);
+    let flush = |pending: &mut Vec<PendingResource>,
+                 reported_bytes: &mut u64|
+     -> Result<bool, LoadError> {
         if pending.is_empty() {
             return Ok(true);
         }
         let items = std::mem::take(pending);
         let mut prepared = Vec::with_capacity(items.len());
-        for (resource_type, id, resource, location) in items {
-            match store::prepare(&resource_type, &id, resource) {
+        for (result, resource_type, location) in prepare_parallel(items) {
+            match result {
                 Ok(resource) => prepared.push(resource),
                 Err(err) => {
                     let message = describe(&err);
                     if options.skip_invalid {
                         tracing::warn!(location = %location, error = %message, "skipped invalid resource");
-                        if sender.blocking_send(Ok(Item::Skipped(resource_type))).is_err() {
+                        if sender
+                            .blocking_send(Ok(Item::Skipped(resource_type)))
+                            .is_err()
+                        {
                             return Ok(false);
                         }
                     } else {
@@ -362,7 +480,9 @@ fn produce(
         let now = bytes_read.load(std::sync::atomic::Ordering::Relaxed);
         let delta = now - *reported_bytes;
         *reported_bytes = now;
-        Ok(sender.blocking_send(Ok(Item::Batch(prepared, delta))).is_ok())
+        Ok(sender
+            .blocking_send(Ok(Item::Batch(prepared, delta)))
+            .is_ok())
     };
     let result = (|| -> Result<(), LoadError> {
         for file in files {
@@ -382,25 +502,33 @@ fn produce(
                             continue;
                         }
                         let location = format!("{display}:{}", number + 1);
-                        let resource: Value = serde_json::from_str(&line).map_err(|err| LoadError::Invalid {
-                            location: location.clone(),
-                            message: format!("malformed JSON: {err}"),
-                        })?;
+                        let resource: Value =
+                            serde_json::from_str(&line).map_err(|err| LoadError::Invalid {
+                                location: location.clone(),
+                                message: format!("malformed JSON: {err}"),
+                            })?;
                         let (resource_type, id) = identify(&resource, &location)?;
                         pending.push((resource_type, id, resource, location));
-                        if pending.len() >= options.batch_size && !flush(&mut pending, &mut reported_bytes)? {
+                        if pending.len() >= options.batch_size
+                            && !flush(&mut pending, &mut reported_bytes)?
+                        {
                             return Ok(());
                         }
                     }
                 }
                 FileKind::Bundle => {
-                    let bundle: Value = serde_json::from_reader(reader).map_err(|err| LoadError::Invalid {
-                        location: display.clone(),
-                        message: format!("malformed JSON: {err}"),
-                    })?;
-                    for (resource_type, id, resource, location) in bundle_resources(bundle, &display)? {
+                    let bundle: Value =
+                        serde_json::from_reader(reader).map_err(|err| LoadError::Invalid {
+                            location: display.clone(),
+                            message: format!("malformed JSON: {err}"),
+                        })?;
+                    for (resource_type, id, resource, location) in
+                        bundle_resources(bundle, &display)?
+                    {
                         pending.push((resource_type, id, resource, location));
-                        if pending.len() >= options.batch_size && !flush(&mut pending, &mut reported_bytes)? {
+                        if pending.len() >= options.batch_size
+                            && !flush(&mut pending, &mut reported_bytes)?
+                        {
                             return Ok(());
                         }
                     }
@@ -421,6 +549,50 @@ fn produce(
         }
     }
     Ok(())
+}
+
+/// A parsed resource waiting for preparation: type, id, JSON and its
+/// location in the input (`file:line`).
+type PendingResource = (String, String, Value, String);
+
+/// Threads that validate, index and serialize a batch.
+const PREPARE_THREADS: usize = 2;
+
+/// Prepares a batch on [`PREPARE_THREADS`] threads, keeping the input order.
+/// Each result comes with the resource's type and location for reporting.
+fn prepare_parallel(
+    items: Vec<PendingResource>,
+) -> Vec<(Result<PreparedResource, FhirError>, String, String)> {
+    let instant = store::now_millis();
+    let prepare_one = |(resource_type, id, resource, location): PendingResource| {
+        let result = store::prepare(&resource_type, &id, resource).map(|mut prepared| {
+            store::stamp_first_version(&mut prepared, instant);
+            prepared
+        });
+        (result, resource_type, location)
+    };
+    let chunk_size = items.len().div_ceil(PREPARE_THREADS).max(1);
+    let mut chunks: Vec<Vec<PendingResource>> = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        chunks.push(items.by_ref().take(chunk_size).collect());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                scope.spawn(move || chunk.into_iter().map(prepare_one).collect::<Vec<_>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
 }
 
 fn describe(err: &FhirError) -> String {
@@ -445,17 +617,25 @@ fn identify(resource: &Value, location: &str) -> Result<(String, String), LoadEr
             location: location.to_owned(),
             message: "missing resourceType".to_owned(),
         })?;
-    let id = resource.get("id").and_then(Value::as_str).ok_or_else(|| LoadError::Invalid {
-        location: location.to_owned(),
-        message: format!("{resource_type} without id; bulk files must carry ids so reloading is idempotent"),
-    })?;
+    let id = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| LoadError::Invalid {
+            location: location.to_owned(),
+            message: format!(
+                "{resource_type} without id; bulk files must carry ids so reloading is idempotent"
+            ),
+        })?;
     Ok((resource_type.to_owned(), id.to_owned()))
 }
 
 /// Takes the resources out of a batch or transaction Bundle, giving each its
 /// id and rewriting references between entries.
-fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<(String, String, Value, String)>, LoadError> {
-    let bundle_type = bundle.get("type").and_then(Value::as_str).unwrap_or_default();
+fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<PendingResource>, LoadError> {
+    let bundle_type = bundle
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
         || !matches!(bundle_type, "batch" | "transaction" | "collection")
     {
@@ -475,7 +655,10 @@ fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<(String, String,
         if matches!(method, Some("DELETE" | "GET" | "HEAD" | "PATCH")) {
             return Err(LoadError::Invalid {
                 location,
-                message: format!("request method {} cannot be bulk loaded; send the Bundle to the API", method.unwrap_or_default()),
+                message: format!(
+                    "request method {} cannot be bulk loaded; send the Bundle to the API",
+                    method.unwrap_or_default()
+                ),
             });
         }
         let Some(resource) = entry.get("resource").cloned() else {
@@ -493,7 +676,10 @@ fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<(String, String,
             })?
             .to_owned();
         let full_url = entry.get("fullUrl").and_then(Value::as_str);
-        let id = match (full_url.and_then(|url| url.strip_prefix("urn:uuid:")), resource.get("id").and_then(Value::as_str)) {
+        let id = match (
+            full_url.and_then(|url| url.strip_prefix("urn:uuid:")),
+            resource.get("id").and_then(Value::as_str),
+        ) {
             (Some(uuid), _) => uuid.to_owned(),
             (None, Some(id)) => id.to_owned(),
             (None, None) => {
@@ -505,7 +691,9 @@ fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<(String, String,
                     .map(str::to_owned);
                 from_url.ok_or_else(|| LoadError::Invalid {
                     location: location.clone(),
-                    message: "entry has neither an id, a urn:uuid fullUrl nor a Type/id request.url".to_owned(),
+                    message:
+                        "entry has neither an id, a urn:uuid fullUrl nor a Type/id request.url"
+                            .to_owned(),
                 })?
             }
         };
@@ -520,7 +708,11 @@ fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<(String, String,
     Ok(resources)
 }
 
-fn rewrite(value: &mut Value, references: &HashMap<String, String>, location: &str) -> Result<(), LoadError> {
+fn rewrite(
+    value: &mut Value,
+    references: &HashMap<String, String>,
+    location: &str,
+) -> Result<(), LoadError> {
     match value {
         Value::Object(map) => {
             for (key, child) in map.iter_mut() {
@@ -532,7 +724,9 @@ fn rewrite(value: &mut Value, references: &HashMap<String, String>, location: &s
                     } else if reference.starts_with("urn:uuid:") {
                         return Err(LoadError::Invalid {
                             location: location.to_owned(),
-                            message: format!("reference '{reference}' names no entry of this Bundle"),
+                            message: format!(
+                                "reference '{reference}' names no entry of this Bundle"
+                            ),
                         });
                     } else if reference.contains('?') && !reference.contains("://") {
                         return Err(LoadError::Invalid {
@@ -564,8 +758,14 @@ mod tests {
 
     #[test]
     fn file_kinds() {
-        assert_eq!(file_kind(Path::new("a/Patient.ndjson.gz")), Some((FileKind::Ndjson, true)));
-        assert_eq!(file_kind(Path::new("b.json")), Some((FileKind::Bundle, false)));
+        assert_eq!(
+            file_kind(Path::new("a/Patient.ndjson.gz")),
+            Some((FileKind::Ndjson, true))
+        );
+        assert_eq!(
+            file_kind(Path::new("b.json")),
+            Some((FileKind::Bundle, false))
+        );
         assert_eq!(file_kind(Path::new("log.ndjson.gz")), None);
         assert_eq!(file_kind(Path::new("notes.txt")), None);
     }

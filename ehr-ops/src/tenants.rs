@@ -9,7 +9,9 @@ use crate::postgres::Database;
 #[derive(Debug, thiserror::Error)]
 pub enum TenantError {
     /// The name does not fit the allowed pattern.
-    #[error("invalid tenant name '{0}': use 1 to 63 lowercase letters, digits, '-' or '_', starting with a letter or digit")]
+    #[error(
+        "invalid tenant name '{0}': use 1 to 63 lowercase letters, digits, '-' or '_', starting with a letter or digit"
+    )]
     InvalidName(String),
     /// A tenant with this name exists.
     #[error("tenant '{0}' already exists")]

@@ -16,7 +16,8 @@
 //! - Hours and minutes without seconds (`2020-01-01T10:30Z`) are accepted as minute precision,
 //!   because FHIRPath literals and search values may be written that way. FHIR `dateTime`
 //!   element values always carry seconds.
-//! - Years run from 0001 to 9999, seconds never reach 60 and offsets never exceed 14 hours.
+//! - Years run from 0001 to 9999 and offsets stay within ±14:00. A leap second (`:60`), which
+//!   the FHIR regex allows, is read as the last millisecond of second 59.
 //!
 //! [`Period`] turns a FHIR Period (either end optional) into one range whose open ends are
 //! [`DateRange::MIN_INSTANT`] and [`DateRange::MAX_INSTANT`].
@@ -35,7 +36,7 @@ pub enum Precision {
     Millisecond,
 }
 
-/// Which FHIR primitive a string is parsed as.
+/// FHIR primitive type that a string is parsed as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DateKind {
     /// `date`: year, month or day precision, no time.
@@ -46,7 +47,7 @@ pub enum DateKind {
     Instant,
 }
 
-/// Why a date or time string was rejected.
+/// Error for a date or time string that is invalid for its FHIR type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid FHIR {kind} '{value}': {reason}")]
 pub struct DateTimeError {
@@ -54,7 +55,7 @@ pub struct DateTimeError {
     pub value: String,
     /// The expected FHIR type.
     pub kind: &'static str,
-    /// What is wrong with the input.
+    /// Description of the problem.
     pub reason: String,
 }
 
@@ -123,9 +124,15 @@ impl DateRange {
     pub fn parse_as(value: &str, kind: DateKind) -> Result<DateRange, DateTimeError> {
         let parts = parse_parts(value, kind)?;
         if parts.precision > Precision::Day && parts.offset_seconds.is_none() {
-            return Err(error(value, kind, "a time of day requires a zone (Z or ±hh:mm)"));
+            return Err(error(
+                value,
+                kind,
+                "a time of day requires a zone (Z or ±hh:mm)",
+            ));
         }
-        parts.to_range().ok_or_else(|| error(value, kind, "out of the supported range"))
+        parts
+            .to_range()
+            .ok_or_else(|| error(value, kind, "out of the supported range"))
     }
 
     /// Builds the range of a single instant, at millisecond precision.
@@ -137,12 +144,12 @@ impl DateRange {
         }
     }
 
-    /// Whether the two ranges share at least one instant.
+    /// Returns true when the two ranges share at least one instant.
     pub fn overlaps(&self, other: &DateRange) -> bool {
         self.low <= other.high && other.low <= self.high
     }
 
-    /// Whether every instant of `other` lies within this range.
+    /// Returns true when every instant of `other` lies within this range.
     pub fn contains(&self, other: &DateRange) -> bool {
         self.low <= other.low && other.high <= self.high
     }
@@ -244,14 +251,16 @@ pub(crate) fn parse_parts(value: &str, kind: DateKind) -> Result<Parts, DateTime
     parts.year = year as i32;
     let mut pos = 4;
     if bytes.get(pos) == Some(&b'-') {
-        parts.month = digits(bytes, pos + 1, 2).ok_or_else(|| fail("expected a two-digit month"))?;
+        parts.month =
+            digits(bytes, pos + 1, 2).ok_or_else(|| fail("expected a two-digit month"))?;
         if !(1..=12).contains(&parts.month) {
             return Err(fail("month must be 01 to 12"));
         }
         parts.precision = Precision::Month;
         pos += 3;
         if bytes.get(pos) == Some(&b'-') {
-            parts.day = digits(bytes, pos + 1, 2).ok_or_else(|| fail("expected a two-digit day"))?;
+            parts.day =
+                digits(bytes, pos + 1, 2).ok_or_else(|| fail("expected a two-digit day"))?;
             if NaiveDate::from_ymd_opt(parts.year, parts.month, parts.day).is_none() {
                 return Err(fail("day does not exist in that month"));
             }
@@ -295,11 +304,24 @@ fn parse_time(bytes: &[u8], mut pos: usize, parts: &mut Parts) -> Result<usize, 
         return Ok(pos);
     }
     parts.second = digits(bytes, pos + 1, 2).ok_or("expected two-digit seconds")?;
-    if parts.second > 59 {
-        return Err("seconds must be 00 to 59");
+    if parts.second > 60 {
+        return Err("seconds must be 00 to 60");
     }
     parts.precision = Precision::Second;
     pos += 3;
+    if parts.second == 60 {
+        parts.second = 59;
+        parts.millisecond = 999;
+        parts.fraction_unit_ms = 1;
+        parts.precision = Precision::Millisecond;
+        if bytes.get(pos) == Some(&b'.') {
+            pos += 1;
+            while bytes.get(pos).is_some_and(u8::is_ascii_digit) {
+                pos += 1;
+            }
+        }
+        return Ok(pos);
+    }
     if bytes.get(pos) == Some(&b'.') {
         let start = pos + 1;
         let mut end = start;
@@ -309,9 +331,9 @@ fn parse_time(bytes: &[u8], mut pos: usize, parts: &mut Parts) -> Result<usize, 
         if end == start {
             return Err("expected digits after the decimal point");
         }
-        let kept = (end - start).min(3);
-        let fraction = digits(bytes, start, kept).ok_or("invalid fractional seconds")?;
-        let scale = 10u32.pow(3 - kept as u32);
+        let digit_count = (end - start).min(3);
+        let fraction = digits(bytes, start, digit_count).ok_or("invalid fractional seconds")?;
+        let scale = 10u32.pow(3 - digit_count as u32);
         parts.millisecond = fraction * scale;
         parts.fraction_unit_ms = scale;
         parts.precision = Precision::Millisecond;
@@ -356,7 +378,9 @@ impl Parts {
             .single()?
             .with_timezone(&Utc);
         let next = match self.precision {
-            Precision::Year => NaiveDate::from_ymd_opt(self.year + 1, 1, 1)?.signed_duration_since(date),
+            Precision::Year => {
+                NaiveDate::from_ymd_opt(self.year + 1, 1, 1)?.signed_duration_since(date)
+            }
             Precision::Month => {
                 let (y, m) = if self.month == 12 {
                     (self.year + 1, 1)
@@ -392,11 +416,36 @@ mod tests {
     #[test]
     fn ranges_cover_precision() {
         let cases = [
-            ("2020", "2020-01-01T00:00:00Z", "2020-12-31T23:59:59.999Z", Precision::Year),
-            ("2020-02", "2020-02-01T00:00:00Z", "2020-02-29T23:59:59.999Z", Precision::Month),
-            ("2019-02", "2019-02-01T00:00:00Z", "2019-02-28T23:59:59.999Z", Precision::Month),
-            ("2020-12", "2020-12-01T00:00:00Z", "2020-12-31T23:59:59.999Z", Precision::Month),
-            ("2020-02-29", "2020-02-29T00:00:00Z", "2020-02-29T23:59:59.999Z", Precision::Day),
+            (
+                "2020",
+                "2020-01-01T00:00:00Z",
+                "2020-12-31T23:59:59.999Z",
+                Precision::Year,
+            ),
+            (
+                "2020-02",
+                "2020-02-01T00:00:00Z",
+                "2020-02-29T23:59:59.999Z",
+                Precision::Month,
+            ),
+            (
+                "2019-02",
+                "2019-02-01T00:00:00Z",
+                "2019-02-28T23:59:59.999Z",
+                Precision::Month,
+            ),
+            (
+                "2020-12",
+                "2020-12-01T00:00:00Z",
+                "2020-12-31T23:59:59.999Z",
+                Precision::Month,
+            ),
+            (
+                "2020-02-29",
+                "2020-02-29T00:00:00Z",
+                "2020-02-29T23:59:59.999Z",
+                Precision::Day,
+            ),
             (
                 "2020-01-01T10:15:30Z",
                 "2020-01-01T10:15:30Z",
@@ -434,6 +483,12 @@ mod tests {
                 Precision::Millisecond,
             ),
             (
+                "2016-12-31T23:59:60Z",
+                "2016-12-31T23:59:59.999Z",
+                "2016-12-31T23:59:59.999Z",
+                Precision::Millisecond,
+            ),
+            (
                 "2020-01-01T10:15Z",
                 "2020-01-01T10:15:00Z",
                 "2020-01-01T10:15:59.999Z",
@@ -463,7 +518,7 @@ mod tests {
             "2020-01-01T10:00:00",
             "2020-01-01T24:00:00Z",
             "2020-01-01T10:60:00Z",
-            "2020-01-01T10:00:60Z",
+            "2020-01-01T10:00:61Z",
             "2020-01-01T10:00:00+15:00",
             "2020-01-01T10:00:00+0100",
             "2020-01-01T10:00:00.Z",
@@ -475,7 +530,10 @@ mod tests {
         ];
         for input in cases {
             let result = DateRange::parse(input);
-            assert!(result.is_err(), "{input} should be rejected, got {result:?}");
+            assert!(
+                result.is_err(),
+                "{input} should be rejected, got {result:?}"
+            );
         }
     }
 

@@ -1,9 +1,9 @@
 //! FHIR R4 building blocks shared by every part of Infoctor: the structure
 //! model and validation, FHIRPath, date ranges, search parameters and their
 //! index extraction, and OperationOutcome.
-pub mod outcome;
 pub mod datetime;
 pub mod fhirpath;
-pub mod search;
 pub mod model;
+pub mod outcome;
+pub mod search;
 pub mod validate;

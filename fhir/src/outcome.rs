@@ -88,7 +88,8 @@ mod tests {
 
     #[test]
     fn outcome_carries_code_and_expression() {
-        let outcome = operation_outcome(&[Issue::error("invalid", "bad date").at("Patient.birthDate")]);
+        let outcome =
+            operation_outcome(&[Issue::error("invalid", "bad date").at("Patient.birthDate")]);
         assert_eq!(outcome["resourceType"], "OperationOutcome");
         assert_eq!(outcome["issue"][0]["code"], "invalid");
         assert_eq!(outcome["issue"][0]["severity"], "error");

@@ -8,7 +8,7 @@ use anyhow::Context;
 use infoctor_ehr_ops::postgres::cluster::{ClusterConfig, PrivateCluster, RunningCluster};
 use infoctor_ehr_ops::postgres::{Database, DatabaseConfig};
 
-/// Where the database comes from.
+/// Database location settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Infoctor's data dir.
@@ -19,7 +19,7 @@ pub struct Settings {
     pub app_password: Option<String>,
 }
 
-/// The default data dir: /var/lib/infoctor for root (PostgreSQL runs as
+/// Returns the default data dir: /var/lib/infoctor for root (PostgreSQL runs as
 /// another user there and cannot enter /root), else the XDG data folder.
 pub fn default_data_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
@@ -47,7 +47,10 @@ impl Opened {
     pub async fn close(self) -> anyhow::Result<()> {
         self.db.close().await;
         if let Some(cluster) = self.cluster {
-            cluster.stop().await.context("stopping the private PostgreSQL cluster")?;
+            cluster
+                .stop()
+                .await
+                .context("stopping the private PostgreSQL cluster")?;
         }
         Ok(())
     }
@@ -58,12 +61,10 @@ pub async fn open(settings: &Settings, max_connections: u32) -> anyhow::Result<O
     let (admin_url, cluster) = match &settings.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            std::fs::create_dir_all(&settings.data_dir)
-                .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
             let config = ClusterConfig::from_env(&settings.data_dir);
-            let cluster = PrivateCluster::start_or_attach(config)
-                .await
-                .context("starting the private PostgreSQL cluster (set DATABASE_URL to use another server)")?;
+            let cluster = PrivateCluster::start_or_attach(config).await.context(
+                "starting the private PostgreSQL cluster (set DATABASE_URL to use another server)",
+            )?;
             (cluster.admin_url(), Some(cluster))
         }
     };

@@ -27,7 +27,12 @@ struct Cli {
 
     /// Password given to the application role `infoctor_app`, for servers
     /// that do not trust local connections.
-    #[arg(long, global = true, env = "INFOCTOR_APP_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "INFOCTOR_APP_PASSWORD",
+        hide_env_values = true
+    )]
     app_password: Option<String>,
 
     /// Log filter in tracing's EnvFilter syntax, for example `info` or
@@ -36,7 +41,13 @@ struct Cli {
     log: String,
 
     /// Log format.
-    #[arg(long, global = true, env = "INFOCTOR_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "INFOCTOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -97,7 +108,9 @@ pub struct ListenArgs {
 fn init_logging(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .map_err(|err| anyhow::anyhow!("invalid --log filter '{filter}': {err}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

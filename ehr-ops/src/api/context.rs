@@ -17,18 +17,29 @@ pub struct Ctx {
 }
 
 fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
-    parts.headers.get(name).and_then(|value| value.to_str().ok())
+    parts
+        .headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
 }
 
 impl FromRequestParts<AppState> for Ctx {
     type Rejection = super::render::ErrorResponse;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Ctx, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Ctx, Self::Rejection> {
         let request_id = header(parts, "x-request-id").unwrap_or_default().to_owned();
         let tenant = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
             .await
             .ok()
-            .and_then(|Path(params)| params.into_iter().find(|(name, _)| name == "tenant").map(|(_, v)| v))
+            .and_then(|Path(params)| {
+                params
+                    .into_iter()
+                    .find(|(name, _)| name == "tenant")
+                    .map(|(_, v)| v)
+            })
             .unwrap_or_default();
         // NOTE: no authentication yet; every request runs as `anonymous`.
         // An authenticating layer sets the user and client here.

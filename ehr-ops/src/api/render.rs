@@ -24,7 +24,8 @@ impl IntoResponse for ErrorResponse {
         if self.error.is_internal() {
             tracing::error!(request_id = %self.request_id, error = %self.error, "request failed");
         }
-        let outcome = infoctor_fhir::outcome::operation_outcome(&self.error.issues(&self.request_id));
+        let outcome =
+            infoctor_fhir::outcome::operation_outcome(&self.error.issues(&self.request_id));
         let body = serde_json::to_vec(&outcome).unwrap_or_default();
         (
             self.error.status(),

@@ -11,13 +11,13 @@ use axum::routing::get;
 use http::{HeaderMap, Method, StatusCode};
 use sqlx::{Postgres, Transaction};
 
+use super::AppState;
 use super::context::Ctx;
 use super::render::{ErrorResponse, render};
-use super::AppState;
 use crate::error::{FhirError, FhirResult};
 use crate::interactions::{
-    self, FhirResponse, ReturnPreference, bundle, capabilities, create, delete, everything, history, patch, read,
-    search, update,
+    self, FhirResponse, ReturnPreference, bundle, capabilities, create, delete, everything,
+    history, patch, read, search, update,
 };
 use crate::store;
 
@@ -28,17 +28,35 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/fhir/{tenant}", axum::routing::post(post_bundle))
         .route(
             "/fhir/{tenant}/{resource_type}",
-            get(search_get).post(create_post).put(conditional_put).delete(conditional_delete),
+            get(search_get)
+                .post(create_post)
+                .put(conditional_put)
+                .delete(conditional_delete),
         )
-        .route("/fhir/{tenant}/{resource_type}/_search", axum::routing::post(search_post))
+        .route(
+            "/fhir/{tenant}/{resource_type}/_search",
+            axum::routing::post(search_post),
+        )
         .route("/fhir/{tenant}/{resource_type}/_history", get(type_history))
         .route(
             "/fhir/{tenant}/{resource_type}/{id}",
-            get(read_get).put(update_put).patch(patch_patch).delete(delete_delete),
+            get(read_get)
+                .put(update_put)
+                .patch(patch_patch)
+                .delete(delete_delete),
         )
-        .route("/fhir/{tenant}/{resource_type}/{id}/_history", get(instance_history))
-        .route("/fhir/{tenant}/{resource_type}/{id}/_history/{version}", get(vread_get))
-        .route("/fhir/{tenant}/{resource_type}/{id}/{operation}", get(instance_operation))
+        .route(
+            "/fhir/{tenant}/{resource_type}/{id}/_history",
+            get(instance_history),
+        )
+        .route(
+            "/fhir/{tenant}/{resource_type}/{id}/_history/{version}",
+            get(vread_get),
+        )
+        .route(
+            "/fhir/{tenant}/{resource_type}/{id}/{operation}",
+            get(instance_operation),
+        )
 }
 
 async fn health() -> &'static str {
@@ -53,7 +71,13 @@ async fn begin(state: &AppState, ctx: &Ctx) -> FhirResult<Transaction<'static, P
 }
 
 /// Logs the request and renders its result.
-fn finish(ctx: &Ctx, method: &str, route: &str, started: Instant, result: FhirResult<FhirResponse>) -> Response {
+fn finish(
+    ctx: &Ctx,
+    method: &str,
+    route: &str,
+    started: Instant,
+    result: FhirResult<FhirResponse>,
+) -> Response {
     let context = &ctx.call.context;
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = match &result {
@@ -86,7 +110,9 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn if_match(headers: &HeaderMap) -> FhirResult<Option<i64>> {
-    header(headers, "if-match").map(interactions::parse_etag).transpose()
+    header(headers, "if-match")
+        .map(interactions::parse_etag)
+        .transpose()
 }
 
 fn preference(headers: &HeaderMap) -> ReturnPreference {
@@ -101,11 +127,19 @@ fn json_body(
     patch: bool,
 ) -> FhirResult<serde_json::Value> {
     if let Some(content_type) = header(headers, "content-type") {
-        let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        let media = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
         let accepted = if patch {
             media == "application/json-patch+json"
         } else {
-            matches!(media.as_str(), "application/fhir+json" | "application/json" | "application/json+fhir")
+            matches!(
+                media.as_str(),
+                "application/fhir+json" | "application/json" | "application/json+fhir"
+            )
         };
         if !accepted {
             return Err(FhirError::UnsupportedMediaType(content_type.to_owned()));
@@ -121,11 +155,17 @@ fn json_body(
                 limit_bytes: state.config.max_body_bytes,
             }
         } else {
-            FhirError::invalid(format!("could not read the request body: {rejection}"), None)
+            FhirError::invalid(
+                format!("could not read the request body: {rejection}"),
+                None,
+            )
         }
     })?;
     if bytes.is_empty() {
-        return Err(FhirError::invalid("the request body is empty; send a FHIR resource as JSON", None));
+        return Err(FhirError::invalid(
+            "the request body is empty; send a FHIR resource as JSON",
+            None,
+        ));
     }
     interactions::parse_json(&bytes)
 }
@@ -258,8 +298,12 @@ async fn conditional_delete(
     let started = Instant::now();
     let result = async {
         let mut tx = begin(&state, &ctx).await?;
-        let response =
-            delete::conditional_delete(&mut tx, &resource_type, query.as_deref().unwrap_or_default()).await?;
+        let response = delete::conditional_delete(
+            &mut tx,
+            &resource_type,
+            query.as_deref().unwrap_or_default(),
+        )
+        .await?;
         tx.commit().await?;
         Ok(response)
     }
@@ -313,8 +357,16 @@ async fn update_put(
         let resource = json_body(&state, &headers, body, false)?;
         let expected = if_match(&headers)?;
         let mut tx = begin(&state, &ctx).await?;
-        let response =
-            update::update(&mut tx, &ctx.call, &resource_type, &id, resource, expected, preference(&headers)).await?;
+        let response = update::update(
+            &mut tx,
+            &ctx.call,
+            &resource_type,
+            &id,
+            resource,
+            expected,
+            preference(&headers),
+        )
+        .await?;
         tx.commit().await?;
         Ok(response)
     }
@@ -334,8 +386,16 @@ async fn patch_patch(
         let document = json_body(&state, &headers, body, true)?;
         let expected = if_match(&headers)?;
         let mut tx = begin(&state, &ctx).await?;
-        let response =
-            patch::patch(&mut tx, &ctx.call, &resource_type, &id, document, expected, preference(&headers)).await?;
+        let response = patch::patch(
+            &mut tx,
+            &ctx.call,
+            &resource_type,
+            &id,
+            document,
+            expected,
+            preference(&headers),
+        )
+        .await?;
         tx.commit().await?;
         Ok(response)
     }
@@ -371,7 +431,8 @@ async fn instance_history(
     let result = async {
         let mut tx = begin(&state, &ctx).await?;
         let pairs = interactions::query_pairs(query.as_deref());
-        let response = history::history(&mut tx, &ctx.call, &resource_type, Some(&id), &pairs).await?;
+        let response =
+            history::history(&mut tx, &ctx.call, &resource_type, Some(&id), &pairs).await?;
         tx.commit().await?;
         Ok(response)
     }

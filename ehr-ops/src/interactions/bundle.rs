@@ -20,7 +20,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::search::{Bundle, Entry};
-use super::{Body, Call, FhirResponse, ReturnPreference, create, delete, history, patch, query_pairs, read, search, update};
+use super::{
+    Body, Call, FhirResponse, ReturnPreference, create, delete, history, patch, query_pairs, read,
+    search, update,
+};
 use crate::error::{FhirError, FhirResult};
 use crate::postgres::Database;
 
@@ -81,17 +84,28 @@ fn parse_entries(bundle: &Value) -> FhirResult<(String, Vec<Request>)> {
             Some("resourceType"),
         ));
     }
-    let bundle_type = bundle.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let bundle_type = bundle
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     if bundle_type != "batch" && bundle_type != "transaction" {
         return Err(FhirError::invalid(
             format!("Bundle.type '{bundle_type}' cannot be processed; use batch or transaction"),
             Some("Bundle.type"),
         ));
     }
-    let entries = bundle.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
+    let entries = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if entries.len() > MAX_ENTRIES {
         return Err(FhirError::invalid(
-            format!("the Bundle has {} entries; send at most {MAX_ENTRIES}", entries.len()),
+            format!(
+                "the Bundle has {} entries; send at most {MAX_ENTRIES}",
+                entries.len()
+            ),
             Some("Bundle.entry"),
         ));
     }
@@ -100,9 +114,15 @@ fn parse_entries(bundle: &Value) -> FhirResult<(String, Vec<Request>)> {
         let request = entry
             .get("request")
             .ok_or_else(|| entry_error(index, format!("entry {index} has no request")))?;
-        let method_text = request.get("method").and_then(Value::as_str).unwrap_or_default();
+        let method_text = request
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let method = Method::parse(method_text).ok_or_else(|| {
-            entry_error(index, format!("entry {index}: unknown request.method '{method_text}'"))
+            entry_error(
+                index,
+                format!("entry {index}: unknown request.method '{method_text}'"),
+            )
         })?;
         let url = request
             .get("url")
@@ -123,10 +143,16 @@ fn parse_entries(bundle: &Value) -> FhirResult<(String, Vec<Request>)> {
             method,
             path,
             query,
-            full_url: entry.get("fullUrl").and_then(Value::as_str).map(str::to_owned),
+            full_url: entry
+                .get("fullUrl")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             resource: entry.get("resource").cloned(),
             if_match,
-            if_none_exist: request.get("ifNoneExist").and_then(Value::as_str).map(str::to_owned),
+            if_none_exist: request
+                .get("ifNoneExist")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
             assigned_id: None,
             existing: false,
         });
@@ -135,7 +161,12 @@ fn parse_entries(bundle: &Value) -> FhirResult<(String, Vec<Request>)> {
 }
 
 /// Processes a batch or transaction Bundle.
-pub async fn process(db: &Database, call: &Call, bundle: Value, preference: ReturnPreference) -> FhirResult<FhirResponse> {
+pub async fn process(
+    db: &Database,
+    call: &Call,
+    bundle: Value,
+    preference: ReturnPreference,
+) -> FhirResult<FhirResponse> {
     let (bundle_type, requests) = parse_entries(&bundle)?;
     if bundle_type == "transaction" {
         transaction(db, call, requests, preference).await
@@ -144,7 +175,12 @@ pub async fn process(db: &Database, call: &Call, bundle: Value, preference: Retu
     }
 }
 
-async fn batch(db: &Database, call: &Call, requests: Vec<Request>, preference: ReturnPreference) -> FhirResult<FhirResponse> {
+async fn batch(
+    db: &Database,
+    call: &Call,
+    requests: Vec<Request>,
+    preference: ReturnPreference,
+) -> FhirResult<FhirResponse> {
     let mut response = Bundle::new("batch-response");
     for request in requests {
         let mut tx = db.begin_tenant(&call.context.tenant).await?;
@@ -184,7 +220,14 @@ async fn transaction(
     let mut conditional_cache: HashMap<String, String> = HashMap::new();
     for request in &mut requests {
         if let Some(resource) = request.resource.as_mut() {
-            rewrite_references(&mut tx, resource, &references, &mut conditional_cache, request.index).await?;
+            rewrite_references(
+                &mut tx,
+                resource,
+                &references,
+                &mut conditional_cache,
+                request.index,
+            )
+            .await?;
         }
     }
     let mut order: Vec<usize> = (0..requests.len()).collect();
@@ -233,7 +276,12 @@ async fn resolve_identity(
     request: &mut Request,
     references: &mut HashMap<String, String>,
 ) -> FhirResult<()> {
-    let resource_type = request.path.split('/').next().unwrap_or_default().to_owned();
+    let resource_type = request
+        .path
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     match request.method {
         Method::Post => {
             let mut id = None;
@@ -286,7 +334,9 @@ async fn resolve_identity(
                 if let Some(full_url) = &request.full_url {
                     references.insert(full_url.clone(), format!("{resource_type}/{id}"));
                 }
-            } else if let (Some(full_url), Some(id)) = (&request.full_url, request.path.split('/').nth(1)) {
+            } else if let (Some(full_url), Some(id)) =
+                (&request.full_url, request.path.split('/').nth(1))
+            {
                 references.insert(full_url.clone(), format!("{resource_type}/{id}"));
             }
         }
@@ -314,11 +364,13 @@ async fn rewrite_references(
                     {
                         if let Some(target) = references.get(reference.as_str()) {
                             *reference = target.clone();
-                        } else if reference.contains('?') && !reference.contains("://") {
+                        } else if is_conditional_reference(reference) {
                             let target = match conditional_cache.get(reference.as_str()) {
                                 Some(target) => target.clone(),
                                 None => {
-                                    let target = resolve_conditional_reference(conn, reference, index).await?;
+                                    let target =
+                                        resolve_conditional_reference(conn, reference, index)
+                                            .await?;
                                     conditional_cache.insert(reference.clone(), target.clone());
                                     target
                                 }
@@ -337,7 +389,20 @@ async fn rewrite_references(
     Ok(())
 }
 
-async fn resolve_conditional_reference(conn: &mut PgConnection, reference: &str, index: usize) -> FhirResult<String> {
+/// Checks whether a reference is a conditional one, `Type?criteria`. Only the
+/// part before `?` is checked, because criteria often contain URLs
+/// (`Patient?identifier=http://example.org/mrn|123`).
+fn is_conditional_reference(reference: &str) -> bool {
+    reference.split_once('?').is_some_and(|(resource_type, _)| {
+        !resource_type.is_empty() && !resource_type.contains(['/', ':'])
+    })
+}
+
+async fn resolve_conditional_reference(
+    conn: &mut PgConnection,
+    reference: &str,
+    index: usize,
+) -> FhirResult<String> {
     let (resource_type, query) = reference.split_once('?').unwrap_or((reference, ""));
     super::check_type(resource_type)?;
     let pairs = query_pairs(Some(query));
@@ -345,20 +410,33 @@ async fn resolve_conditional_reference(conn: &mut PgConnection, reference: &str,
     let ids = crate::search::matching_ids(conn, &search, 2).await?;
     match ids.as_slice() {
         [id] => Ok(format!("{resource_type}/{id}")),
-        [] => Err(entry_error(index, format!("conditional reference '{reference}' matched no resource"))),
-        _ => Err(entry_error(index, format!("conditional reference '{reference}' matched more than one resource"))),
+        [] => Err(entry_error(
+            index,
+            format!("conditional reference '{reference}' matched no resource"),
+        )),
+        _ => Err(entry_error(
+            index,
+            format!("conditional reference '{reference}' matched more than one resource"),
+        )),
     }
 }
 
 fn decode_patch(resource: &Value, index: usize) -> FhirResult<Value> {
     // In a Bundle, a JSON Patch travels as a Binary resource.
     if resource.get("resourceType").and_then(Value::as_str) == Some("Binary") {
-        let data = resource.get("data").and_then(Value::as_str).unwrap_or_default();
+        let data = resource
+            .get("data")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data)
             .map_err(|err| entry_error(index, format!("Binary.data is not base64: {err}")))?;
-        return serde_json::from_slice(&bytes)
-            .map_err(|err| entry_error(index, format!("Binary.data is not a JSON Patch document: {err}")));
+        return serde_json::from_slice(&bytes).map_err(|err| {
+            entry_error(
+                index,
+                format!("Binary.data is not a JSON Patch document: {err}"),
+            )
+        });
     }
     Err(entry_error(
         index,
@@ -377,30 +455,46 @@ async fn execute(
     let segments: Vec<&str> = request.path.split('/').filter(|s| !s.is_empty()).collect();
     let pairs = query_pairs(request.query.as_deref());
     let resource = || {
-        request
-            .resource
-            .clone()
-            .ok_or_else(|| entry_error(request.index, format!("entry {} has no resource", request.index)))
+        request.resource.clone().ok_or_else(|| {
+            entry_error(
+                request.index,
+                format!("entry {} has no resource", request.index),
+            )
+        })
     };
     match (request.method, segments.as_slice()) {
         (Method::Get | Method::Head, [rt]) => search::search_type(conn, call, rt, &pairs).await,
-        (Method::Get | Method::Head, [rt, "_history"]) => history::history(conn, call, rt, None, &pairs).await,
+        (Method::Get | Method::Head, [rt, "_history"]) => {
+            history::history(conn, call, rt, None, &pairs).await
+        }
         (Method::Get | Method::Head, [rt, id]) => read::read(conn, rt, id).await,
-        (Method::Get | Method::Head, [rt, id, "_history"]) => history::history(conn, call, rt, Some(id), &pairs).await,
-        (Method::Get | Method::Head, [rt, id, "_history", version]) => read::vread(conn, rt, id, version).await,
+        (Method::Get | Method::Head, [rt, id, "_history"]) => {
+            history::history(conn, call, rt, Some(id), &pairs).await
+        }
+        (Method::Get | Method::Head, [rt, id, "_history", version]) => {
+            read::vread(conn, rt, id, version).await
+        }
         (Method::Get | Method::Head, ["Patient", id, "$everything"]) => {
             super::everything::everything(conn, call, id, &pairs).await
         }
         (Method::Post, [rt]) => {
-            let id = request.assigned_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
+            let id = request
+                .assigned_id
+                .clone()
+                .unwrap_or_else(|| Uuid::new_v4().to_string());
             if request.existing {
                 let stored = crate::store::read(conn, rt, &id).await?;
-                return Ok(FhirResponse::stored(StatusCode::OK, stored, Some(&call.base)));
+                return Ok(FhirResponse::stored(
+                    StatusCode::OK,
+                    stored,
+                    Some(&call.base),
+                ));
             }
             if let Some(condition) = &request.if_none_exist
                 && request.assigned_id.is_none()
             {
-                return create::create(conn, call, rt, resource()?, Some(condition), preference).await;
+                return create::create(conn, call, rt, resource()?, Some(condition), preference)
+                    .await;
             }
             super::check_type(rt)?;
             create::create_with_id(conn, call, rt, &id, resource()?, preference).await
@@ -415,10 +509,30 @@ async fn execute(
             }
             None => {
                 let query = request.query.clone().unwrap_or_default();
-                update::conditional_update(conn, call, rt, &query, resource()?, request.if_match, preference).await
+                update::conditional_update(
+                    conn,
+                    call,
+                    rt,
+                    &query,
+                    resource()?,
+                    request.if_match,
+                    preference,
+                )
+                .await
             }
         },
-        (Method::Put, [rt, id]) => update::update(conn, call, rt, id, resource()?, request.if_match, preference).await,
+        (Method::Put, [rt, id]) => {
+            update::update(
+                conn,
+                call,
+                rt,
+                id,
+                resource()?,
+                request.if_match,
+                preference,
+            )
+            .await
+        }
         (Method::Patch, [rt, id]) => {
             let document = decode_patch(&resource()?, request.index)?;
             patch::patch(conn, call, rt, id, document, request.if_match, preference).await
@@ -430,13 +544,20 @@ async fn execute(
         (Method::Delete, [rt, id]) => delete::delete(conn, rt, id, request.if_match).await,
         _ => Err(entry_error(
             request.index,
-            format!("entry {}: unsupported request {:?} {}", request.index, request.method, request.path),
+            format!(
+                "entry {}: unsupported request {:?} {}",
+                request.index, request.method, request.path
+            ),
         )),
     }
 }
 
 fn status_line(status: StatusCode) -> String {
-    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or_default())
+    format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or_default()
+    )
 }
 
 fn response_entry(call: &Call, outcome: FhirResponse) -> Entry {

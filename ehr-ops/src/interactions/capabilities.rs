@@ -35,8 +35,10 @@ fn resource_entry(resource_type: &str) -> Value {
     let mut includes = Vec::new();
     let mut revincludes = Vec::new();
     for def in registry.params_for(resource_type) {
-        if matches!(def.kind, SearchParamType::Composite | SearchParamType::Special)
-            || def.code == "_id"
+        if matches!(
+            def.kind,
+            SearchParamType::Composite | SearchParamType::Special
+        ) || def.code == "_id"
             || def.code == "_lastUpdated"
         {
             continue;
@@ -48,7 +50,9 @@ fn resource_entry(resource_type: &str) -> Value {
     }
     for other in Model::r4().resource_types() {
         for def in registry.params_for(other) {
-            if def.kind == SearchParamType::Reference && def.targets.iter().any(|t| t == resource_type) {
+            if def.kind == SearchParamType::Reference
+                && def.targets.iter().any(|t| t == resource_type)
+            {
                 revincludes.push(format!("{other}:{}", def.code));
             }
         }

@@ -75,7 +75,11 @@ pub async fn create_with_id(
 
 /// Serializes conditional writes on the same criteria within the tenant, so
 /// two concurrent conditional creates cannot both create.
-pub async fn lock_condition(conn: &mut PgConnection, resource_type: &str, query: &str) -> FhirResult<()> {
+pub async fn lock_condition(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    query: &str,
+) -> FhirResult<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(current_setting('infoctor.tenant') || '/' || $1 || '?' || $2, 0))")
         .bind(resource_type)
         .bind(query)

@@ -30,8 +30,12 @@ pub async fn delete(
     check_type(resource_type)?;
     let version = store::delete(conn, resource_type, id, if_match).await?;
     let mut response = match version {
-        Some(version) => deleted_outcome(format!("deleted {resource_type}/{id} (version {version})")),
-        None => deleted_outcome(format!("{resource_type}/{id} does not exist or was already deleted")),
+        Some(version) => {
+            deleted_outcome(format!("deleted {resource_type}/{id} (version {version})"))
+        }
+        None => deleted_outcome(format!(
+            "{resource_type}/{id} does not exist or was already deleted"
+        )),
     };
     if let Some(version) = version {
         response.etag = Some(format!("W/\"{version}\""));
@@ -58,7 +62,9 @@ pub async fn conditional_delete(
     let request = search::params::parse(resource_type, &pairs)?;
     let ids = search::matching_ids(conn, &request, 2).await?;
     match ids.as_slice() {
-        [] => Ok(deleted_outcome("no resource matched; nothing deleted".to_owned())),
+        [] => Ok(deleted_outcome(
+            "no resource matched; nothing deleted".to_owned(),
+        )),
         [id] => delete(conn, resource_type, id, None).await,
         _ => Err(FhirError::MultipleMatches {
             operation: "delete",

@@ -44,7 +44,9 @@ pub async fn everything(
             "_since" => {
                 since = Some(
                     infoctor_fhir::datetime::DateRange::parse(value)
-                        .map_err(|err| FhirError::invalid(format!("invalid _since: {err}"), Some("_since")))?
+                        .map_err(|err| {
+                            FhirError::invalid(format!("invalid _since: {err}"), Some("_since"))
+                        })?
                         .low,
                 );
             }
@@ -83,7 +85,16 @@ pub async fn everything(
     .bind(MAX_EVERYTHING as i64 + 1)
     .fetch_all(&mut *conn)
     .await?;
-    let (key_types, key_ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    // The patient is part of its own compartment, so its references
+    // (managingOrganization, generalPractitioner) are followed too.
+    let (key_types, key_ids): (Vec<String>, Vec<String>) = keys
+        .iter()
+        .cloned()
+        .chain(std::iter::once((
+            "Patient".to_owned(),
+            patient_id.to_owned(),
+        )))
+        .unzip();
     let referenced_types: Vec<String> = REFERENCED_TYPES.iter().map(|t| (*t).to_owned()).collect();
     let referenced: Vec<(String, String)> = sqlx::query_as(
         "SELECT DISTINCT x.target_type, x.target_id FROM idx_reference x \
@@ -98,7 +109,11 @@ pub async fn everything(
     .fetch_all(&mut *conn)
     .await?;
     let mut seen: HashSet<(String, String)> = keys.iter().cloned().collect();
-    keys.extend(referenced.into_iter().filter(|key| seen.insert(key.clone())));
+    keys.extend(
+        referenced
+            .into_iter()
+            .filter(|key| seen.insert(key.clone())),
+    );
     let truncated = keys.len() > MAX_EVERYTHING;
     keys.truncate(MAX_EVERYTHING);
     if let Some(types) = &types {
@@ -111,13 +126,19 @@ pub async fn everything(
         resources.retain(|stored| stored.last_updated >= since);
     }
     let mut bundle = Bundle::new("searchset");
-    let include_patient = types.as_ref().is_none_or(|types| types.iter().any(|t| t == "Patient"))
+    let include_patient = types
+        .as_ref()
+        .is_none_or(|types| types.iter().any(|t| t == "Patient"))
         && since.is_none_or(|since| patient.last_updated >= since);
     let mut entries = Vec::with_capacity(resources.len() + 1);
     if include_patient {
         entries.push(search_entry(call, patient, "match"));
     }
-    entries.extend(resources.into_iter().map(|stored| search_entry(call, stored, "match")));
+    entries.extend(
+        resources
+            .into_iter()
+            .map(|stored| search_entry(call, stored, "match")),
+    );
     bundle.total = Some(entries.len() as i64);
     bundle.link.push(serde_json::json!({
         "relation": "self",

@@ -36,7 +36,10 @@ pub async fn history(
                     .ok()
                     .filter(|count| (1..=MAX_COUNT).contains(count))
                     .ok_or_else(|| {
-                        FhirError::invalid(format!("invalid _count '{value}': use 1 to {MAX_COUNT}"), Some("_count"))
+                        FhirError::invalid(
+                            format!("invalid _count '{value}': use 1 to {MAX_COUNT}"),
+                            Some("_count"),
+                        )
                     })?;
             }
             "_since" => query.since = Some(parse_instant("_since", value)?),
@@ -46,7 +49,9 @@ pub async fn history(
                     .parse()
                     .ok()
                     .filter(|offset| *offset >= 0)
-                    .ok_or_else(|| FhirError::invalid(format!("invalid _offset '{value}'"), Some("_offset")))?;
+                    .ok_or_else(|| {
+                        FhirError::invalid(format!("invalid _offset '{value}'"), Some("_offset"))
+                    })?;
             }
             "_format" | "_pretty" => {}
             other => {
@@ -58,6 +63,12 @@ pub async fn history(
         }
     }
     if let Some(id) = id {
+        if !store::is_valid_id(id) {
+            return Err(FhirError::NotFound {
+                resource_type: resource_type.to_owned(),
+                id: id.to_owned(),
+            });
+        }
         // A resource that never existed is 404 rather than an empty history.
         let exists: Option<i64> = sqlx::query_scalar(
             "SELECT version_id FROM resources WHERE tenant = current_setting('infoctor.tenant') \

@@ -140,12 +140,13 @@ impl ReturnPreference {
                 response
             }
             ReturnPreference::OperationOutcome => {
-                let outcome = infoctor_fhir::outcome::operation_outcome(&[infoctor_fhir::outcome::Issue {
-                    severity: infoctor_fhir::outcome::Severity::Information,
-                    code: "informational",
-                    diagnostics: message.to_owned(),
-                    expression: Vec::new(),
-                }]);
+                let outcome =
+                    infoctor_fhir::outcome::operation_outcome(&[infoctor_fhir::outcome::Issue {
+                        severity: infoctor_fhir::outcome::Severity::Information,
+                        code: "informational",
+                        diagnostics: message.to_owned(),
+                        expression: Vec::new(),
+                    }]);
                 response.body = Some(Body::Json(outcome));
                 response
             }
@@ -165,7 +166,10 @@ pub fn check_type(resource_type: &str) -> FhirResult<()> {
 /// Parses `W/"3"` (or `"3"`, or `3`) into a version number.
 pub fn parse_etag(value: &str) -> FhirResult<i64> {
     let trimmed = value.trim();
-    let inner = trimmed.strip_prefix("W/").unwrap_or(trimmed).trim_matches('"');
+    let inner = trimmed
+        .strip_prefix("W/")
+        .unwrap_or(trimmed)
+        .trim_matches('"');
     inner.parse().map_err(|_| {
         FhirError::invalid(
             format!("invalid If-Match '{value}': expected a weak ETag such as W/\"3\""),
@@ -179,7 +183,11 @@ pub fn parse_json(body: &[u8]) -> FhirResult<Value> {
     serde_json::from_slice(body).map_err(|err| {
         FhirError::Invalid(vec![infoctor_fhir::outcome::Issue::error(
             "structure",
-            format!("malformed JSON at line {} column {}: {err}", err.line(), err.column()),
+            format!(
+                "malformed JSON at line {} column {}: {err}",
+                err.line(),
+                err.column()
+            ),
         )])
     })
 }
@@ -204,7 +212,13 @@ mod tests {
 
     #[test]
     fn prefer_header() {
-        assert_eq!(ReturnPreference::from_prefer(Some("return=minimal")), ReturnPreference::Minimal);
-        assert_eq!(ReturnPreference::from_prefer(None), ReturnPreference::Representation);
+        assert_eq!(
+            ReturnPreference::from_prefer(Some("return=minimal")),
+            ReturnPreference::Minimal
+        );
+        assert_eq!(
+            ReturnPreference::from_prefer(None),
+            ReturnPreference::Representation
+        );
     }
 }

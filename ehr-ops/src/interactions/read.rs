@@ -8,7 +8,11 @@ use crate::error::FhirResult;
 use crate::store;
 
 /// Reads the current version of `resource_type/id`.
-pub async fn read(conn: &mut PgConnection, resource_type: &str, id: &str) -> FhirResult<FhirResponse> {
+pub async fn read(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<FhirResponse> {
     check_type(resource_type)?;
     let stored = store::read(conn, resource_type, id).await?;
     Ok(FhirResponse::stored(StatusCode::OK, stored, None))

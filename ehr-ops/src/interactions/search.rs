@@ -72,8 +72,9 @@ impl Bundle {
 
     /// Serializes into a response body.
     pub fn into_response(self) -> FhirResult<FhirResponse> {
-        let value = serde_json::to_value(&self)
-            .map_err(|err| crate::error::FhirError::Internal(format!("serializing bundle: {err}")))?;
+        let value = serde_json::to_value(&self).map_err(|err| {
+            crate::error::FhirError::Internal(format!("serializing bundle: {err}"))
+        })?;
         Ok(FhirResponse::json(StatusCode::OK, value))
     }
 }
@@ -81,7 +82,10 @@ impl Bundle {
 /// The entry for a stored resource in a searchset.
 pub fn search_entry(call: &Call, stored: StoredResource, mode: &str) -> Entry {
     Entry {
-        full_url: Some(format!("{}/{}/{}", call.base, stored.resource_type, stored.id)),
+        full_url: Some(format!(
+            "{}/{}/{}",
+            call.base, stored.resource_type, stored.id
+        )),
         resource: stored.body.map(Body::Raw),
         search: Some(serde_json::json!({"mode": mode})),
         request: None,
@@ -89,7 +93,12 @@ pub fn search_entry(call: &Call, stored: StoredResource, mode: &str) -> Entry {
     }
 }
 
-fn link_url(call: &Call, resource_type: &str, pairs: &[(String, String)], cursor: Option<&str>) -> String {
+fn link_url(
+    call: &Call,
+    resource_type: &str,
+    pairs: &[(String, String)],
+    cursor: Option<&str>,
+) -> String {
     let mut serializer = form_urlencoded::Serializer::new(String::new());
     for (name, value) in pairs {
         serializer.append_pair(name, value);
@@ -145,8 +154,16 @@ pub async fn search_type(
             "url": link_url(call, resource_type, &request.defining_pairs, Some(&previous)),
         }));
     }
-    bundle.entry.extend(matches.into_iter().map(|stored| search_entry(call, stored, "match")));
-    bundle.entry.extend(included.into_iter().map(|stored| search_entry(call, stored, "include")));
+    bundle.entry.extend(
+        matches
+            .into_iter()
+            .map(|stored| search_entry(call, stored, "match")),
+    );
+    bundle.entry.extend(
+        included
+            .into_iter()
+            .map(|stored| search_entry(call, stored, "include")),
+    );
     if includes_truncated {
         let outcome = infoctor_fhir::outcome::operation_outcome(&[infoctor_fhir::outcome::Issue {
             severity: infoctor_fhir::outcome::Severity::Warning,

@@ -40,12 +40,35 @@ pub async fn update(
         }
     }
     let prepared = store::prepare(resource_type, id, resource)?;
+    lock_identity(conn, resource_type, id).await?;
     let outcome = store::write(conn, prepared, WriteMode::Upsert, if_match).await?;
-    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if outcome.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(preference.apply(
         FhirResponse::stored(status, outcome.stored, Some(&call.base)),
-        if outcome.unchanged { "content unchanged; no new version" } else { "resource updated" },
+        if outcome.unchanged {
+            "content unchanged; no new version"
+        } else {
+            "resource updated"
+        },
     ))
+}
+
+/// Serializes writes to one `resource_type/id` in the tenant until the
+/// transaction ends. The store's row lock cannot do this for an id that does
+/// not exist yet, so two PUTs creating it would both write version 1.
+async fn lock_identity(conn: &mut PgConnection, resource_type: &str, id: &str) -> FhirResult<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(current_setting('infoctor.tenant') || '/' || $1 || '/' || $2, 0))",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Conditional update: no match creates (with the body's id if given, else a
@@ -70,7 +93,10 @@ pub async fn conditional_update(
     }
     let request = search::params::parse(resource_type, &pairs)?;
     let ids = search::matching_ids(conn, &request, 2).await?;
-    let body_id = resource.get("id").and_then(Value::as_str).map(str::to_owned);
+    let body_id = resource
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     let id = match ids.as_slice() {
         [] => body_id.unwrap_or_else(|| Uuid::new_v4().to_string()),
         [found] => {
@@ -78,7 +104,9 @@ pub async fn conditional_update(
                 && body_id != found
             {
                 return Err(FhirError::invalid(
-                    format!("the body's id '{body_id}' differs from the matching resource '{found}'"),
+                    format!(
+                        "the body's id '{body_id}' differs from the matching resource '{found}'"
+                    ),
                     Some(&format!("{resource_type}.id")),
                 ));
             }
@@ -95,5 +123,14 @@ pub async fn conditional_update(
     if let Some(object) = resource.as_object_mut() {
         object.insert("id".to_owned(), Value::String(id.clone()));
     }
-    update(conn, call, resource_type, &id, resource, if_match, preference).await
+    update(
+        conn,
+        call,
+        resource_type,
+        &id,
+        resource,
+        if_match,
+        preference,
+    )
+    .await
 }

@@ -93,7 +93,9 @@ impl Database {
         roles::grant_app_role(&admin).await?;
         roles::check_app_role(&admin).await?;
 
-        let mut app_options = admin_options.username(APP_ROLE).application_name("infoctor");
+        let mut app_options = admin_options
+            .username(APP_ROLE)
+            .application_name("infoctor");
         app_options = match &config.app_password {
             Some(password) => app_options.password(password),
             None => app_options.password(""),
@@ -123,7 +125,10 @@ impl Database {
 
     /// Starts a transaction on the application pool with the tenant setting
     /// applied for that transaction only.
-    pub async fn begin_tenant(&self, tenant: &str) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    pub async fn begin_tenant(
+        &self,
+        tenant: &str,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         let mut tx = self.app.begin().await?;
         set_tenant(&mut tx, tenant).await?;
         Ok(tx)
@@ -138,9 +143,21 @@ impl Database {
 
 /// Applies the tenant setting to the current transaction. Row-level security
 /// policies compare every row's tenant with this setting.
-pub async fn set_tenant(tx: &mut Transaction<'_, Postgres>, tenant: &str) -> Result<(), sqlx::Error> {
+///
+/// A name that no tenant can have (see [`crate::tenants::is_valid_name`]) is
+/// never sent to PostgreSQL, which would fail on a NUL byte: the setting
+/// becomes `''`, which matches no row, so the tenant reads as unknown.
+pub async fn set_tenant(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+) -> Result<(), sqlx::Error> {
+    let setting = if crate::tenants::is_valid_name(tenant) {
+        tenant
+    } else {
+        ""
+    };
     sqlx::query("SELECT set_config('infoctor.tenant', $1, true)")
-        .bind(tenant)
+        .bind(setting)
         .execute(&mut **tx)
         .await?;
     Ok(())

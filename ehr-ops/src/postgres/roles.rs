@@ -8,8 +8,14 @@ use super::DatabaseError;
 /// Name of the role the API and the loader connect as.
 pub const APP_ROLE: &str = "infoctor_app";
 
+/// Advisory lock key that serializes the grants of concurrent starts.
+const GRANT_LOCK_KEY: i64 = 0x696e_666f_6772_616e;
+
 /// Creates the application role if it is missing and sets its password.
-pub(super) async fn ensure_app_role(admin: &PgPool, password: Option<&str>) -> Result<(), DatabaseError> {
+pub(super) async fn ensure_app_role(
+    admin: &PgPool,
+    password: Option<&str>,
+) -> Result<(), DatabaseError> {
     // Two processes may race to create the role; duplicate_object is benign.
     let create = format!(
         "DO $$ BEGIN \
@@ -19,7 +25,9 @@ pub(super) async fn ensure_app_role(admin: &PgPool, password: Option<&str>) -> R
          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
          END $$"
     );
-    sqlx::query(sqlx::AssertSqlSafe(create)).execute(admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(create))
+        .execute(admin)
+        .await?;
     if let Some(password) = password {
         // ALTER ROLE takes no bind parameters; quote the literal on the server.
         let quoted: String = sqlx::query_scalar("SELECT quote_literal($1)")
@@ -27,7 +35,9 @@ pub(super) async fn ensure_app_role(admin: &PgPool, password: Option<&str>) -> R
             .fetch_one(admin)
             .await?;
         let alter = format!("ALTER ROLE {APP_ROLE} PASSWORD {quoted}");
-        sqlx::query(sqlx::AssertSqlSafe(alter)).execute(admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(alter))
+            .execute(admin)
+            .await?;
     }
     Ok(())
 }
@@ -47,9 +57,20 @@ pub(super) async fn grant_app_role(admin: &PgPool) -> Result<(), DatabaseError> 
              idx_token, idx_date, idx_number, idx_quantity, idx_reference, idx_uri TO {APP_ROLE}"
         ),
     ];
+    // Concurrent GRANTs on one object fail with "tuple concurrently updated"
+    // when several servers start at once, so they run one at a time under a
+    // transaction-scoped advisory lock.
+    let mut tx = admin.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(GRANT_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
     for statement in statements {
-        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut *tx)
+            .await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 

@@ -114,7 +114,11 @@ pub async fn count(conn: &mut PgConnection, request: &SearchRequest) -> FhirResu
 }
 
 /// Returns up to `limit` ids matching the request's filters, in id order.
-pub async fn matching_ids(conn: &mut PgConnection, request: &SearchRequest, limit: i64) -> FhirResult<Vec<String>> {
+pub async fn matching_ids(
+    conn: &mut PgConnection,
+    request: &SearchRequest,
+    limit: i64,
+) -> FhirResult<Vec<String>> {
     let mut qb = QueryBuilder::new("SELECT r.id");
     push_base(&mut qb, request);
     qb.push(" ORDER BY r.id LIMIT ");
@@ -138,7 +142,8 @@ pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirRes
         && cursor.v.len() != columns.len()
     {
         return Err(FhirError::invalid(
-            "the _cursor does not fit this search's _sort; start again from the first page".to_owned(),
+            "the _cursor does not fit this search's _sort; start again from the first page"
+                .to_owned(),
             Some("_cursor"),
         ));
     }
@@ -160,7 +165,11 @@ pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirRes
     qb.push(" ORDER BY ");
     for (n, column) in columns.iter().enumerate() {
         let descending = column.descending != backward;
-        qb.push(format!("{}q.s{n} {}", if n > 0 { ", " } else { "" }, if descending { "DESC" } else { "ASC" }));
+        qb.push(format!(
+            "{}q.s{n} {}",
+            if n > 0 { ", " } else { "" },
+            if descending { "DESC" } else { "ASC" }
+        ));
     }
     qb.push(" LIMIT ");
     qb.push_bind(request.count + 1);
@@ -213,7 +222,12 @@ pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirRes
     Ok(page)
 }
 
-fn push_keyset(qb: &mut QueryBuilder<Postgres>, columns: &[SortColumn], values: &[String], backward: bool) {
+fn push_keyset(
+    qb: &mut QueryBuilder<Postgres>,
+    columns: &[SortColumn],
+    values: &[String],
+    backward: bool,
+) {
     qb.push(" AND (");
     for j in 0..columns.len() {
         if j > 0 {
@@ -234,7 +248,11 @@ fn push_keyset(qb: &mut QueryBuilder<Postgres>, columns: &[SortColumn], values: 
     qb.push(")");
 }
 
-async fn add_includes(conn: &mut PgConnection, request: &SearchRequest, page: &mut SearchPage) -> FhirResult<()> {
+async fn add_includes(
+    conn: &mut PgConnection,
+    request: &SearchRequest,
+    page: &mut SearchPage,
+) -> FhirResult<()> {
     if page.matches.is_empty() || (request.includes.is_empty() && request.revincludes.is_empty()) {
         return Ok(());
     }

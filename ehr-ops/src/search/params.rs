@@ -228,6 +228,16 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> FhirResult<Sear
         defining_pairs: Vec::new(),
     };
     for (name, value) in pairs {
+        // PostgreSQL text cannot store NUL, so such a value could only fail in the database.
+        if name.contains('\0') || value.contains('\0') {
+            return Err(invalid(
+                format!(
+                    "search parameter '{}' contains a NUL character",
+                    name.replace('\0', "\\0")
+                ),
+                &name.replace('\0', ""),
+            ));
+        }
         match name.as_str() {
             "_count" => {
                 let count: i64 = value.parse().map_err(|_| {
@@ -242,8 +252,14 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> FhirResult<Sear
                 request.count = count;
             }
             "_sort" => request.sort = parse_sort(resource_type, value)?,
-            "_include" => request.includes.push(parse_include(value, "_include")?),
-            "_revinclude" => request.revincludes.push(parse_include(value, "_revinclude")?),
+            "_include" => request
+                .includes
+                .push(parse_include(resource_type, value, "_include")?),
+            "_revinclude" => {
+                request
+                    .revincludes
+                    .push(parse_include(resource_type, value, "_revinclude")?)
+            }
             "_summary" => {
                 request.summary = match value.as_str() {
                     "count" => Summary::Count,
@@ -272,7 +288,9 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> FhirResult<Sear
                 continue;
             }
             "_format" | "_pretty" => continue,
-            _ => request.filters.push(parse_filter(resource_type, name, value)?),
+            _ => request
+                .filters
+                .push(parse_filter(resource_type, name, value)?),
         }
         request.defining_pairs.push((name.clone(), value.clone()));
     }
@@ -295,10 +313,12 @@ fn param_kind(resource_type: &str, code: &str) -> FhirResult<SearchParamType> {
         _ => {
             let def = registry_param(resource_type, code)?;
             match def.kind {
-                SearchParamType::Composite | SearchParamType::Special => Err(FhirError::NotSupported(format!(
-                    "search parameter '{code}' ({:?}) is not supported by this server",
-                    def.kind
-                ))),
+                SearchParamType::Composite | SearchParamType::Special => {
+                    Err(FhirError::NotSupported(format!(
+                        "search parameter '{code}' ({:?}) is not supported by this server",
+                        def.kind
+                    )))
+                }
                 kind => Ok(kind),
             }
         }
@@ -315,7 +335,10 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         };
         let def = registry_param(resource_type, code)?;
         if def.kind != SearchParamType::Reference {
-            return Err(invalid(format!("'{code}' is not a reference parameter and cannot be chained"), name));
+            return Err(invalid(
+                format!("'{code}' is not a reference parameter and cannot be chained"),
+                name,
+            ));
         }
         let target = match type_modifier {
             Some(target) => {
@@ -331,15 +354,25 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
                     .iter()
                     .filter(|target| {
                         chained_code.starts_with('_')
-                            || SearchParamRegistry::r4().get(target, chained_code).is_some()
+                            || SearchParamRegistry::r4()
+                                .get(target, chained_code)
+                                .is_some()
                     })
                     .collect();
                 match candidates.as_slice() {
                     [single] => (*single).clone(),
-                    [] => return Err(invalid(format!("no target of '{code}' has a parameter '{chained_code}'"), name)),
+                    [] => {
+                        return Err(invalid(
+                            format!("no target of '{code}' has a parameter '{chained_code}'"),
+                            name,
+                        ));
+                    }
                     _ => {
                         return Err(invalid(
-                            format!("chain '{name}' is ambiguous; name the target type, e.g. {code}:{}.{rest}", candidates[0]),
+                            format!(
+                                "chain '{name}' is ambiguous; name the target type, e.g. {code}:{}.{rest}",
+                                candidates[0]
+                            ),
                             name,
                         ));
                     }
@@ -373,7 +406,9 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         Some("exact") if kind == SearchParamType::String => Modifier::Exact,
         Some("contains") if kind == SearchParamType::String => Modifier::Contains,
         Some("not") if kind == SearchParamType::Token => Modifier::Not,
-        Some(target) if kind == SearchParamType::Reference && Model::r4().is_resource_type(target) => {
+        Some(target)
+            if kind == SearchParamType::Reference && Model::r4().is_resource_type(target) =>
+        {
             Modifier::Type(target.to_owned())
         }
         Some(other) => {
@@ -386,7 +421,12 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         let missing = match value {
             "true" => true,
             "false" => false,
-            other => return Err(invalid(format!("invalid :missing value '{other}': use true or false"), name)),
+            other => {
+                return Err(invalid(
+                    format!("invalid :missing value '{other}': use true or false"),
+                    name,
+                ));
+            }
         };
         return Ok(Filter {
             code: code.to_owned(),
@@ -402,7 +442,10 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         .map(|part| parse_value(kind, &modifier, code, &part))
         .collect::<FhirResult<Vec<_>>>()?;
     if values.is_empty() {
-        return Err(invalid(format!("empty value for search parameter '{name}'"), name));
+        return Err(invalid(
+            format!("empty value for search parameter '{name}'"),
+            name,
+        ));
     }
     Ok(Filter {
         code: code.to_owned(),
@@ -456,7 +499,12 @@ fn split_pipe(value: &str) -> (Option<String>, String) {
     }
 }
 
-fn parse_value(kind: SearchParamType, modifier: &Modifier, code: &str, value: &str) -> FhirResult<SearchValue> {
+fn parse_value(
+    kind: SearchParamType,
+    modifier: &Modifier,
+    code: &str,
+    value: &str,
+) -> FhirResult<SearchValue> {
     match kind {
         SearchParamType::String => Ok(SearchValue::String {
             normalized: infoctor_fhir::search::normalize_string(value),
@@ -465,11 +513,18 @@ fn parse_value(kind: SearchParamType, modifier: &Modifier, code: &str, value: &s
         SearchParamType::Token => {
             let (system, code_part) = split_pipe(value);
             let system = system.map(|s| if s.is_empty() { None } else { Some(s) });
-            let code_part = if code_part.is_empty() { None } else { Some(code_part) };
+            let code_part = if code_part.is_empty() {
+                None
+            } else {
+                Some(code_part)
+            };
             if system.is_none() && code_part.is_none() {
                 return Err(invalid(format!("empty token for '{code}'"), code));
             }
-            Ok(SearchValue::Token { system, code: code_part })
+            Ok(SearchValue::Token {
+                system,
+                code: code_part,
+            })
         }
         SearchParamType::Date => {
             let (prefix, rest) = split_prefix(value);
@@ -492,7 +547,12 @@ fn parse_value(kind: SearchParamType, modifier: &Modifier, code: &str, value: &s
             let mut parts = rest.splitn(3, '|');
             let number_text = parts.next().unwrap_or_default();
             let number = NumberValue::parse(number_text).ok_or_else(|| {
-                invalid(format!("invalid quantity '{value}' for '{code}': use [prefix]number[|system|code]"), code)
+                invalid(
+                    format!(
+                        "invalid quantity '{value}' for '{code}': use [prefix]number[|system|code]"
+                    ),
+                    code,
+                )
             })?;
             let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
             let unit = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
@@ -505,23 +565,34 @@ fn parse_value(kind: SearchParamType, modifier: &Modifier, code: &str, value: &s
             };
             let segments: Vec<&str> = value.split('/').collect();
             let (target_type, id) = if value.contains("://") {
-                // An absolute URL: match on the stored URL, or on Type/id at its end.
-                match segments.as_slice() {
-                    [.., t, id] if Model::r4().is_resource_type(t) => (Some((*t).to_owned()), Some((*id).to_owned())),
-                    _ => (None, None),
-                }
+                // An absolute URL matches references stored with that URL.
+                (None, None)
             } else {
                 match segments.as_slice() {
                     [id] => (type_modifier.clone(), Some((*id).to_owned())),
                     [t, id] => (Some((*t).to_owned()), Some((*id).to_owned())),
                     [t, id, "_history", _] => (Some((*t).to_owned()), Some((*id).to_owned())),
-                    _ => return Err(invalid(format!("invalid reference '{value}' for '{code}': use id or Type/id"), code)),
+                    _ => {
+                        return Err(invalid(
+                            format!("invalid reference '{value}' for '{code}': use id or Type/id"),
+                            code,
+                        ));
+                    }
                 }
             };
+            if id.as_deref() == Some("") {
+                return Err(invalid(
+                    format!("invalid reference '{value}' for '{code}': the id is empty"),
+                    code,
+                ));
+            }
             if let Some(target) = &target_type
                 && !Model::r4().is_resource_type(target)
             {
-                return Err(invalid(format!("unknown resource type '{target}' in reference '{value}'"), code));
+                return Err(invalid(
+                    format!("unknown resource type '{target}' in reference '{value}'"),
+                    code,
+                ));
             }
             Ok(SearchValue::Reference {
                 target_type,
@@ -530,9 +601,9 @@ fn parse_value(kind: SearchParamType, modifier: &Modifier, code: &str, value: &s
             })
         }
         SearchParamType::Uri => Ok(SearchValue::Uri(value.to_owned())),
-        SearchParamType::Composite | SearchParamType::Special => Err(FhirError::NotSupported(format!(
-            "search parameter '{code}' is not supported by this server"
-        ))),
+        SearchParamType::Composite | SearchParamType::Special => Err(FhirError::NotSupported(
+            format!("search parameter '{code}' is not supported by this server"),
+        )),
     }
 }
 
@@ -546,7 +617,11 @@ fn parse_sort(resource_type: &str, value: &str) -> FhirResult<Vec<SortKey>> {
         let kind = param_kind(resource_type, code)?;
         if !matches!(
             kind,
-            SearchParamType::Date | SearchParamType::String | SearchParamType::Token | SearchParamType::Number | SearchParamType::Quantity
+            SearchParamType::Date
+                | SearchParamType::String
+                | SearchParamType::Token
+                | SearchParamType::Number
+                | SearchParamType::Quantity
         ) {
             return Err(FhirError::NotSupported(format!(
                 "sorting by '{code}' ({kind:?}) is not supported; sort by a date, string, token, number or quantity parameter"
@@ -559,12 +634,19 @@ fn parse_sort(resource_type: &str, value: &str) -> FhirResult<Vec<SortKey>> {
         });
     }
     if keys.len() > 3 {
-        return Err(invalid("at most three _sort keys are supported".to_owned(), "_sort"));
+        return Err(invalid(
+            "at most three _sort keys are supported".to_owned(),
+            "_sort",
+        ));
     }
     Ok(keys)
 }
 
-fn parse_include(value: &str, parameter: &str) -> FhirResult<Include> {
+/// Parses `SourceType:parameter[:TargetType]`. An `_include` must start at
+/// the searched type, and a `_revinclude` must be able to point at it. Any
+/// other include could never add a resource, so it is rejected rather than
+/// ignored.
+fn parse_include(resource_type: &str, value: &str, parameter: &str) -> FhirResult<Include> {
     let parts: Vec<&str> = value.split(':').collect();
     let (source_type, code, target_type) = match parts.as_slice() {
         [source, code] => (*source, *code, None),
@@ -577,13 +659,53 @@ fn parse_include(value: &str, parameter: &str) -> FhirResult<Include> {
         }
     };
     if code == "*" {
-        return Err(FhirError::NotSupported(format!("{parameter}={value} (wildcard) is not supported")));
+        return Err(FhirError::NotSupported(format!(
+            "{parameter}={value} (wildcard) is not supported"
+        )));
     }
-    let def = SearchParamRegistry::r4().get(source_type, code).ok_or_else(|| {
-        invalid(format!("unknown parameter '{code}' on '{source_type}' in {parameter}"), parameter)
-    })?;
+    let def = SearchParamRegistry::r4()
+        .get(source_type, code)
+        .ok_or_else(|| {
+            invalid(
+                format!("unknown parameter '{code}' on '{source_type}' in {parameter}"),
+                parameter,
+            )
+        })?;
     if def.kind != SearchParamType::Reference {
-        return Err(invalid(format!("'{source_type}:{code}' in {parameter} is not a reference parameter"), parameter));
+        return Err(invalid(
+            format!("'{source_type}:{code}' in {parameter} is not a reference parameter"),
+            parameter,
+        ));
+    }
+    // An empty target list means the parameter may refer to any type.
+    let may_refer_to =
+        |target: &str| def.targets.is_empty() || def.targets.iter().any(|t| t == target);
+    if let Some(target) = &target_type
+        && !may_refer_to(target)
+    {
+        return Err(invalid(
+            format!("'{source_type}:{code}' in {parameter} cannot refer to {target}"),
+            parameter,
+        ));
+    }
+    if parameter == "_include" && source_type != resource_type {
+        return Err(invalid(
+            format!(
+                "_include={value} starts at {source_type}, not at the searched type {resource_type}"
+            ),
+            parameter,
+        ));
+    }
+    if parameter == "_revinclude"
+        && (!may_refer_to(resource_type)
+            || target_type
+                .as_deref()
+                .is_some_and(|target| target != resource_type))
+    {
+        return Err(invalid(
+            format!("_revinclude={value} cannot refer to the searched type {resource_type}"),
+            parameter,
+        ));
     }
     Ok(Include {
         source_type: source_type.to_owned(),
@@ -605,12 +727,18 @@ mod tests {
 
     #[test]
     fn values_split_on_unescaped_commas() {
-        assert_eq!(split_values("a,b\\,c"), vec!["a".to_owned(), "b,c".to_owned()]);
+        assert_eq!(
+            split_values("a,b\\,c"),
+            vec!["a".to_owned(), "b,c".to_owned()]
+        );
     }
 
     #[test]
     fn token_forms() {
-        assert_eq!(split_pipe("http://loinc.org|1234-5"), (Some("http://loinc.org".to_owned()), "1234-5".to_owned()));
+        assert_eq!(
+            split_pipe("http://loinc.org|1234-5"),
+            (Some("http://loinc.org".to_owned()), "1234-5".to_owned())
+        );
         assert_eq!(split_pipe("|abc"), (Some(String::new()), "abc".to_owned()));
         assert_eq!(split_pipe("abc"), (None, "abc".to_owned()));
     }

@@ -1,7 +1,7 @@
 //! Translates parsed filters into SQL over the index tables.
 //!
 //! Each filter becomes an `EXISTS` over one index table joined to the
-//! resource row by key, so PostgreSQL answers it from the index tables'
+//! resource row by key, so PostgreSQL evaluates it from the index tables'
 //! B-tree (or trigram) indexes and never reads resource JSON. Values are
 //! always bound parameters.
 
@@ -11,10 +11,60 @@ use sqlx::{Postgres, QueryBuilder};
 use super::params::{Filter, Modifier, Prefix, SearchValue};
 
 /// Appends `AND <filter>` conditions for `alias` (a `resources` row).
+///
+/// Repeated plain filters on one date parameter (`date=ge2019-01&date=lt2019-02`)
+/// are matched against the same stored value, so together they select the
+/// values inside the range the client means, and one index scan bounds both
+/// ends.
 pub fn push_filters(qb: &mut QueryBuilder<Postgres>, alias: &str, filters: &[Filter]) {
-    for filter in filters {
+    let mut combined: Vec<bool> = vec![false; filters.len()];
+    for (n, filter) in filters.iter().enumerate() {
+        if combined[n] {
+            continue;
+        }
         qb.push(" AND ");
-        push_filter(qb, alias, filter);
+        if !is_plain_date(filter) {
+            push_filter(qb, alias, filter);
+            continue;
+        }
+        let group: Vec<&Filter> = filters
+            .iter()
+            .enumerate()
+            .skip(n)
+            .filter(|(_, other)| is_plain_date(other) && other.code == filter.code)
+            .map(|(m, other)| {
+                combined[m] = true;
+                other
+            })
+            .collect();
+        open_exists(qb, alias, SearchParamType::Date, &filter.code);
+        for member in group {
+            qb.push(" AND (");
+            push_alternatives(qb, member);
+            qb.push(")");
+        }
+        qb.push(")");
+    }
+}
+
+/// A date filter on an indexed parameter without modifier or chain.
+fn is_plain_date(filter: &Filter) -> bool {
+    filter.kind == SearchParamType::Date
+        && filter.code != "_lastUpdated"
+        && filter.chain.is_none()
+        && filter.missing.is_none()
+        && filter.modifier == Modifier::None
+}
+
+/// Pushes the filter's values joined with OR.
+fn push_alternatives(qb: &mut QueryBuilder<Postgres>, filter: &Filter) {
+    for (n, value) in filter.values.iter().enumerate() {
+        if n > 0 {
+            qb.push(" OR ");
+        }
+        qb.push("(");
+        push_value(qb, &filter.modifier, value);
+        qb.push(")");
     }
 }
 
@@ -63,14 +113,7 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
     }
     open_exists(qb, alias, filter.kind, &filter.code);
     qb.push(" AND (");
-    for (n, value) in filter.values.iter().enumerate() {
-        if n > 0 {
-            qb.push(" OR ");
-        }
-        qb.push("(");
-        push_value(qb, &filter.modifier, value);
-        qb.push(")");
-    }
+    push_alternatives(qb, filter);
     qb.push("))");
 }
 
@@ -83,7 +126,9 @@ fn push_id(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
         .values
         .iter()
         .filter_map(|value| match value {
-            SearchValue::Token { code: Some(code), .. } => Some(code.clone()),
+            SearchValue::Token {
+                code: Some(code), ..
+            } => Some(code.clone()),
             _ => None,
         })
         .collect();
@@ -113,7 +158,13 @@ fn push_last_updated(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filt
     qb.push(")");
 }
 
-fn push_chain(qb: &mut QueryBuilder<Postgres>, alias: &str, code: &str, target: &str, inner: &Filter) {
+fn push_chain(
+    qb: &mut QueryBuilder<Postgres>,
+    alias: &str,
+    code: &str,
+    target: &str,
+    inner: &Filter,
+) {
     open_exists(qb, alias, SearchParamType::Reference, code);
     qb.push(" AND i.target_type = ");
     qb.push_bind(target.to_owned());
@@ -137,9 +188,15 @@ fn push_range_compare<T>(
 ) where
     T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Clone + Send + 'static,
 {
+    // Each form below starts with a single-column bound so PostgreSQL can
+    // range-scan the low or high index; the rest of the rule follows as a
+    // filter. The rewrites are equivalent to the spec's definitions because a
+    // stored range never ends before it starts.
     let contained = |qb: &mut QueryBuilder<Postgres>| {
         qb.push(format!("({low_column} >= "));
         qb.push_bind(low.clone());
+        qb.push(format!(" AND {low_column} <= "));
+        qb.push_bind(high.clone());
         qb.push(format!(" AND {high_column} <= "));
         qb.push_bind(high.clone());
         qb.push(")");
@@ -158,19 +215,26 @@ fn push_range_compare<T>(
             qb.push(format!("{low_column} < "));
             qb.push_bind(low.clone());
         }
+        // ge: the range above the value overlaps the target, or the value
+        // contains it: high > value.high OR (low >= value.low AND high <= value.high).
         Prefix::Ge => {
-            qb.push(format!("({high_column} > "));
-            qb.push_bind(high.clone());
-            qb.push(" OR ");
-            contained(qb);
-            qb.push(")");
-        }
-        Prefix::Le => {
-            qb.push(format!("({low_column} < "));
+            qb.push(format!("({high_column} >= "));
             qb.push_bind(low.clone());
-            qb.push(" OR ");
-            contained(qb);
-            qb.push(")");
+            qb.push(format!(" AND ({high_column} > "));
+            qb.push_bind(high.clone());
+            qb.push(format!(" OR {low_column} >= "));
+            qb.push_bind(low.clone());
+            qb.push("))");
+        }
+        // le: low < value.low OR (low >= value.low AND high <= value.high).
+        Prefix::Le => {
+            qb.push(format!("({low_column} <= "));
+            qb.push_bind(high.clone());
+            qb.push(format!(" AND ({low_column} < "));
+            qb.push_bind(low.clone());
+            qb.push(format!(" OR {high_column} <= "));
+            qb.push_bind(high.clone());
+            qb.push("))");
         }
         Prefix::Sa => {
             qb.push(format!("{low_column} > "));
@@ -179,6 +243,77 @@ fn push_range_compare<T>(
         Prefix::Eb => {
             qb.push(format!("{high_column} < "));
             qb.push_bind(low.clone());
+        }
+    }
+}
+
+/// Date comparison on `idx_date` rows in terms of range operators the GiST
+/// index answers (`<@` contained, `&&` overlaps, `>>` and `<<` strictly
+/// after and before). `ge` and `le` add the spec's exact rule as a filter
+/// after the indexed necessary condition.
+fn push_date_range(
+    qb: &mut QueryBuilder<Postgres>,
+    prefix: Prefix,
+    low: chrono::DateTime<chrono::Utc>,
+    high: chrono::DateTime<chrono::Utc>,
+) {
+    const STORED: &str = "tstzrange(i.low, i.high, '[]')";
+    let push_search_range = |qb: &mut QueryBuilder<Postgres>| {
+        qb.push("tstzrange(");
+        qb.push_bind(low);
+        qb.push(", ");
+        qb.push_bind(high);
+        qb.push(", '[]')");
+    };
+    match prefix {
+        Prefix::Eq | Prefix::Ne => {
+            if prefix == Prefix::Ne {
+                qb.push("NOT ");
+            }
+            qb.push(format!("{STORED} <@ "));
+            push_search_range(qb);
+        }
+        // The stored range reaches past the search value's end.
+        Prefix::Gt => {
+            qb.push(format!("{STORED} && tstzrange("));
+            qb.push_bind(high);
+            qb.push(", NULL, '()')");
+        }
+        // The stored range starts before the search value.
+        Prefix::Lt => {
+            qb.push(format!("{STORED} && tstzrange(NULL, "));
+            qb.push_bind(low);
+            qb.push(", '()')");
+        }
+        // high > value.high OR (low >= value.low AND high <= value.high),
+        // which implies high >= value.low.
+        Prefix::Ge => {
+            qb.push(format!("{STORED} && tstzrange("));
+            qb.push_bind(low);
+            qb.push(", NULL, '[)') AND (i.high > ");
+            qb.push_bind(high);
+            qb.push(" OR i.low >= ");
+            qb.push_bind(low);
+            qb.push(")");
+        }
+        // low < value.low OR (low >= value.low AND high <= value.high),
+        // which implies low <= value.high.
+        Prefix::Le => {
+            qb.push(format!("{STORED} && tstzrange(NULL, "));
+            qb.push_bind(high);
+            qb.push(", '(]') AND (i.low < ");
+            qb.push_bind(low);
+            qb.push(" OR i.high <= ");
+            qb.push_bind(high);
+            qb.push(")");
+        }
+        Prefix::Sa => {
+            qb.push(format!("{STORED} >> "));
+            push_search_range(qb);
+        }
+        Prefix::Eb => {
+            qb.push(format!("{STORED} << "));
+            push_search_range(qb);
         }
     }
 }
@@ -222,7 +357,9 @@ fn push_number_compare(
 
 /// Escapes LIKE wildcards so user text matches literally.
 fn like_escape(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    text.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &SearchValue) {
@@ -265,9 +402,7 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
                 }
             }
         }
-        SearchValue::Date(prefix, range) => {
-            push_range_compare(qb, "i.low", "i.high", *prefix, range.low, range.high);
-        }
+        SearchValue::Date(prefix, range) => push_date_range(qb, *prefix, range.low, range.high),
         SearchValue::Number(prefix, number) => push_number_compare(qb, *prefix, number),
         SearchValue::Quantity(prefix, number, system, unit) => {
             push_number_compare(qb, *prefix, number);
@@ -283,18 +418,22 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
                 qb.push(")");
             }
         }
-        SearchValue::Reference { target_type, id, url } => {
+        SearchValue::Reference {
+            target_type,
+            id,
+            url,
+        } => {
             match id {
+                // A plain id or Type/id matches the parsed target; only an
+                // absolute URL is compared with the stored URL text, so the
+                // condition stays a single index lookup.
                 Some(id) => {
-                    qb.push("(i.target_id = ");
+                    qb.push("i.target_id = ");
                     qb.push_bind(id.clone());
                     if let Some(target_type) = target_type {
                         qb.push(" AND i.target_type = ");
                         qb.push_bind(target_type.clone());
                     }
-                    qb.push(" OR i.url = ");
-                    qb.push_bind(url.clone());
-                    qb.push(")");
                 }
                 None => {
                     qb.push("i.url = ");
@@ -313,9 +452,14 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
     }
 }
 
-/// The SQL expression giving a resource's sort value for a key, and the SQL
+/// Builds the SQL expression giving a resource's sort value for a key, and the SQL
 /// type its cursor value is cast to.
-pub fn sort_expression(alias: &str, code: &str, kind: SearchParamType, descending: bool) -> (String, &'static str) {
+pub fn sort_expression(
+    alias: &str,
+    code: &str,
+    kind: SearchParamType,
+    descending: bool,
+) -> (String, &'static str) {
     match code {
         "_id" => return (format!("{alias}.id"), "text"),
         "_lastUpdated" => return (format!("{alias}.last_updated"), "timestamptz"),
@@ -332,12 +476,16 @@ pub fn sort_expression(alias: &str, code: &str, kind: SearchParamType, descendin
         SearchParamType::Date => {
             let column = if descending { "high" } else { "low" };
             (
-                format!("COALESCE((SELECT {aggregate}(i.{column}) FROM idx_date i WHERE {key}), '-infinity'::timestamptz)"),
+                format!(
+                    "COALESCE((SELECT {aggregate}(i.{column}) FROM idx_date i WHERE {key}), '-infinity'::timestamptz)"
+                ),
                 "timestamptz",
             )
         }
         SearchParamType::String => (
-            format!("COALESCE((SELECT {aggregate}(i.value_norm) FROM idx_string i WHERE {key}), '')"),
+            format!(
+                "COALESCE((SELECT {aggregate}(i.value_norm) FROM idx_string i WHERE {key}), '')"
+            ),
             "text",
         ),
         SearchParamType::Token => (
@@ -345,11 +493,15 @@ pub fn sort_expression(alias: &str, code: &str, kind: SearchParamType, descendin
             "text",
         ),
         SearchParamType::Number => (
-            format!("COALESCE((SELECT {aggregate}(i.value) FROM idx_number i WHERE {key}), '-Infinity'::numeric)"),
+            format!(
+                "COALESCE((SELECT {aggregate}(i.value) FROM idx_number i WHERE {key}), '-Infinity'::numeric)"
+            ),
             "numeric",
         ),
         _ => (
-            format!("COALESCE((SELECT {aggregate}(i.value) FROM idx_quantity i WHERE {key}), '-Infinity'::numeric)"),
+            format!(
+                "COALESCE((SELECT {aggregate}(i.value) FROM idx_quantity i WHERE {key}), '-Infinity'::numeric)"
+            ),
             "numeric",
         ),
     }

@@ -1,14 +1,15 @@
 //! Batched writes for the bulk loader.
 //!
 //! A batch is written in the caller's tenant-scoped transaction with a few
-//! array statements, under the same row-level security as single writes (the
-//! rows are inserted from unnested arrays rather than with COPY, which
-//! PostgreSQL refuses on tables with row-level security). Loading content
+//! array statements, under the same row-level security as single writes.
+//! The rows are inserted from unnested arrays rather than with COPY, because
+//! PostgreSQL refuses COPY into tables with row-level security. Loading content
 //! equal to the current version adds no version, so reloading a file is a
 //! no-op.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use sqlx::PgConnection;
 
@@ -16,7 +17,13 @@ use super::index::{self, ResourceKey};
 use super::{PreparedResource, now_millis, stamp_meta};
 use crate::error::{FhirError, FhirResult};
 
-/// What a batch did.
+/// Version, deleted flag and content hash of a stored resource.
+type CurrentState = (i64, bool, Option<Vec<u8>>);
+
+/// A row of `resources` as the batch reads it: type, id, then the state.
+type CurrentRow = (String, String, i64, bool, Option<Vec<u8>>);
+
+/// Counts of what a batch wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchCounts {
     /// Resources that did not exist (or were deleted) before.
@@ -34,26 +41,41 @@ pub async fn write_batch(
     batch: Vec<PreparedResource>,
 ) -> FhirResult<BatchCounts> {
     let mut counts = BatchCounts::default();
-    let mut latest: HashMap<(String, String), PreparedResource> = HashMap::with_capacity(batch.len());
+    let mut latest: HashMap<(String, String), PreparedResource> =
+        HashMap::with_capacity(batch.len());
     let total = batch.len();
     for prepared in batch {
-        latest.insert((prepared.resource_type.clone(), prepared.id.clone()), prepared);
+        latest.insert(
+            (prepared.resource_type.clone(), prepared.id.clone()),
+            prepared,
+        );
     }
     counts.unchanged += total - latest.len();
 
-    let (types, ids): (Vec<String>, Vec<String>) = latest.keys().cloned().unzip();
-    let current: Vec<(String, String, i64, bool, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT r.resource_type, r.id, r.version_id, r.deleted, r.content_hash \
-         FROM resources r JOIN unnest($1::text[], $2::text[]) AS k(resource_type, id) \
-           ON r.resource_type = k.resource_type AND r.id = k.id \
-         WHERE r.tenant = current_setting('infoctor.tenant') \
-         ORDER BY r.resource_type, r.id FOR UPDATE OF r",
-    )
-    .bind(&types)
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let current: HashMap<(String, String), (i64, bool, Option<Vec<u8>>)> = current
+    // One query per resource type, `id = ANY(...)`, so each is an index scan
+    // on the primary key; rows are locked in key order to avoid deadlocks
+    // with concurrent writers.
+    let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (resource_type, id) in latest.keys() {
+        by_type
+            .entry(resource_type.as_str())
+            .or_default()
+            .push(id.clone());
+    }
+    let mut current: Vec<CurrentRow> = Vec::with_capacity(latest.len());
+    for (resource_type, ids) in by_type {
+        let rows: Vec<CurrentRow> = sqlx::query_as(
+            "SELECT resource_type, id, version_id, deleted, content_hash FROM resources \
+             WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = ANY($2) \
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(resource_type)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        current.extend(rows);
+    }
+    let current: HashMap<(String, String), CurrentState> = current
         .into_iter()
         .map(|(rt, id, version, deleted, hash)| ((rt, id), (version, deleted, hash)))
         .collect();
@@ -81,10 +103,16 @@ pub async fn write_batch(
         } else {
             counts.updated += 1;
         }
-        stamp_meta(&mut prepared.resource, version_id, last_updated);
-        let text = serde_json::to_string(&prepared.resource)
-            .map_err(|err| FhirError::Internal(format!("serializing resource: {err}")))?;
-        rows.push(&prepared, version_id, operation, text);
+        let (instant, text) = match prepared.first_version.take() {
+            Some(first) if version_id == 1 => first,
+            _ => {
+                stamp_meta(&mut prepared.resource, version_id, last_updated);
+                let text = serde_json::to_string(&prepared.resource)
+                    .map_err(|err| FhirError::Internal(format!("serializing resource: {err}")))?;
+                (last_updated, text)
+            }
+        };
+        rows.push(&prepared, version_id, operation, text, instant);
         written.push(prepared);
     }
     if written.is_empty() {
@@ -93,28 +121,30 @@ pub async fn write_batch(
 
     sqlx::query(
         "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash) \
-         SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, $4, false, k.hash \
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $5::bytea[]) AS k(resource_type, id, version_id, hash) \
+         SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[]) \
+           AS k(resource_type, id, version_id, last_updated, hash) \
          ON CONFLICT (tenant, resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
            last_updated = EXCLUDED.last_updated, deleted = false, content_hash = EXCLUDED.content_hash",
     )
     .bind(&rows.resource_type)
     .bind(&rows.id)
     .bind(&rows.version_id)
-    .bind(last_updated)
+    .bind(&rows.last_updated)
     .bind(&rows.hash)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
         "INSERT INTO resource_versions (tenant, resource_type, id, version_id, last_updated, operation, resource) \
-         SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, $4, k.operation, k.body::jsonb \
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $5::text[], $6::text[]) \
-           AS k(resource_type, id, version_id, operation, body)",
+         SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, \
+           k.operation, k.body::jsonb \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[]) \
+           AS k(resource_type, id, version_id, last_updated, operation, body)",
     )
     .bind(&rows.resource_type)
     .bind(&rows.id)
     .bind(&rows.version_id)
-    .bind(last_updated)
+    .bind(&rows.last_updated)
     .bind(&rows.operation)
     .bind(&rows.body)
     .execute(&mut *conn)
@@ -144,10 +174,19 @@ struct VersionRows {
     operation: Vec<String>,
     body: Vec<String>,
     hash: Vec<Vec<u8>>,
+    last_updated: Vec<DateTime<Utc>>,
 }
 
 impl VersionRows {
-    fn push(&mut self, prepared: &PreparedResource, version_id: i64, operation: &str, body: String) {
+    fn push(
+        &mut self,
+        prepared: &PreparedResource,
+        version_id: i64,
+        operation: &str,
+        body: String,
+        last_updated: DateTime<Utc>,
+    ) {
+        self.last_updated.push(last_updated);
         self.resource_type.push(prepared.resource_type.clone());
         self.id.push(prepared.id.clone());
         self.version_id.push(version_id);

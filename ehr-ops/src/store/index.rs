@@ -32,15 +32,20 @@ impl Columns {
     }
 }
 
+type Texts = Vec<String>;
+type OptionalTexts = Vec<Option<String>>;
+type Instants = Vec<chrono::DateTime<chrono::Utc>>;
+type Decimals = Vec<Decimal>;
+
 #[derive(Default)]
 struct Rows {
-    string: (Columns, Vec<String>, Vec<String>),
-    token: (Columns, Vec<Option<String>>, Vec<Option<String>>, Vec<Option<String>>),
-    date: (Columns, Vec<chrono::DateTime<chrono::Utc>>, Vec<chrono::DateTime<chrono::Utc>>),
-    number: (Columns, Vec<Decimal>, Vec<Decimal>, Vec<Decimal>),
+    string: (Columns, Texts, Texts),
+    token: (Columns, OptionalTexts, OptionalTexts),
+    date: (Columns, Instants, Instants),
+    number: (Columns, Decimals, Decimals, Decimals),
     quantity: QuantityRows,
-    reference: (Columns, Vec<Option<String>>, Vec<Option<String>>, Vec<String>),
-    uri: (Columns, Vec<String>),
+    reference: (Columns, OptionalTexts, OptionalTexts, OptionalTexts),
+    uri: (Columns, Texts),
 }
 
 #[derive(Default)]
@@ -56,20 +61,38 @@ struct QuantityRows {
 
 impl Rows {
     fn add(&mut self, key: ResourceKey<'_>, entry: &IndexEntry) {
-        let code = entry.code.as_ref();
+        let code = entry.code;
         match &entry.value {
             IndexValue::String { normalized, exact } => {
                 self.string.0.push(key, code);
                 self.string.1.push(normalized.clone());
                 self.string.2.push(exact.clone());
             }
-            IndexValue::Token { system, code: value, display } => {
+            // A token with neither system nor code (a CodeableConcept's bare
+            // text) can match no token search, so it is not stored.
+            IndexValue::Token {
+                system: None,
+                code: None,
+                ..
+            } => {}
+            IndexValue::Token {
+                system,
+                code: value,
+                ..
+            } => {
                 self.token.0.push(key, code);
                 self.token.1.push(system.clone());
                 self.token.2.push(value.clone());
-                self.token.3.push(display.clone());
             }
             IndexValue::Date { low, high } => {
+                // A Period whose end precedes its start breaks FHIR's per-1
+                // rule; it is stored as the span between the two instants,
+                // because PostgreSQL cannot build a range that ends first.
+                let (low, high) = if low <= high {
+                    (low, high)
+                } else {
+                    (high, low)
+                };
                 self.date.0.push(key, code);
                 self.date.1.push(*low);
                 self.date.2.push(*high);
@@ -80,7 +103,14 @@ impl Rows {
                 self.number.2.push(*low);
                 self.number.3.push(*high);
             }
-            IndexValue::Quantity { value, low, high, system, code: unit_code, unit } => {
+            IndexValue::Quantity {
+                value,
+                low,
+                high,
+                system,
+                code: unit_code,
+                unit,
+            } => {
                 let rows = &mut self.quantity;
                 rows.columns.push(key, code);
                 rows.value.push(*value);
@@ -90,11 +120,19 @@ impl Rows {
                 rows.unit_code.push(unit_code.clone());
                 rows.unit.push(unit.clone());
             }
-            IndexValue::Reference { target_type, target_id, url } => {
+            IndexValue::Reference {
+                target_type,
+                target_id,
+                url,
+            } => {
                 self.reference.0.push(key, code);
                 self.reference.1.push(target_type.clone());
                 self.reference.2.push(target_id.clone());
-                self.reference.3.push(url.clone());
+                self.reference.3.push(if target_id.is_some() {
+                    None
+                } else {
+                    Some(url.clone())
+                });
             }
             IndexValue::Uri { value } => {
                 self.uri.0.push(key, code);
@@ -149,12 +187,16 @@ pub async fn insert(
             rows.add(*key, entry);
         }
     }
-    const TENANT: &str = "current_setting('infoctor.tenant')";
+    // The tenant is read once per statement from a materialized CTE rather
+    // than once per row.
+    const TENANT: &str = "(SELECT tenant FROM t)";
+    const WITH_TENANT: &str =
+        "WITH t AS MATERIALIZED (SELECT current_setting('infoctor.tenant') AS tenant) ";
     if !rows.string.0.id.is_empty() {
         let (c, norm, exact) = &rows.string;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact) \
-             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])"
+            "{WITH_TENANT}INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact) \
+             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u"
         )))
         .bind(&c.resource_type)
         .bind(&c.id)
@@ -165,25 +207,24 @@ pub async fn insert(
         .await?;
     }
     if !rows.token.0.id.is_empty() {
-        let (c, system, value, display) = &rows.token;
+        let (c, system, value) = &rows.token;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO idx_token (tenant, resource_type, id, code, system, value, display) \
-             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+            "{WITH_TENANT}INSERT INTO idx_token (tenant, resource_type, id, code, system, value) \
+             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u"
         )))
         .bind(&c.resource_type)
         .bind(&c.id)
         .bind(&c.code)
         .bind(system)
         .bind(value)
-        .bind(display)
         .execute(&mut *conn)
         .await?;
     }
     if !rows.date.0.id.is_empty() {
         let (c, low, high) = &rows.date;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO idx_date (tenant, resource_type, id, code, low, high) \
-             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[])"
+            "{WITH_TENANT}INSERT INTO idx_date (tenant, resource_type, id, code, low, high) \
+             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[]) AS u"
         )))
         .bind(&c.resource_type)
         .bind(&c.id)
@@ -196,8 +237,8 @@ pub async fn insert(
     if !rows.number.0.id.is_empty() {
         let (c, value, low, high) = &rows.number;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO idx_number (tenant, resource_type, id, code, value, low, high) \
-             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[])"
+            "{WITH_TENANT}INSERT INTO idx_number (tenant, resource_type, id, code, value, low, high) \
+             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[]) AS u"
         )))
         .bind(&c.resource_type)
         .bind(&c.id)
@@ -211,9 +252,9 @@ pub async fn insert(
     if !rows.quantity.columns.id.is_empty() {
         let q = &rows.quantity;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO idx_quantity (tenant, resource_type, id, code, value, low, high, system, unit_code, unit) \
-             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], \
-             $6::numeric[], $7::text[], $8::text[], $9::text[])"
+            "{WITH_TENANT}INSERT INTO idx_quantity (tenant, resource_type, id, code, value, low, high, system, unit_code, unit) \
+             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], \
+             $6::numeric[], $7::text[], $8::text[], $9::text[]) AS u"
         )))
         .bind(&q.columns.resource_type)
         .bind(&q.columns.id)
@@ -230,8 +271,8 @@ pub async fn insert(
     if !rows.reference.0.id.is_empty() {
         let (c, target_type, target_id, url) = &rows.reference;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO idx_reference (tenant, resource_type, id, code, target_type, target_id, url) \
-             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+            "{WITH_TENANT}INSERT INTO idx_reference (tenant, resource_type, id, code, target_type, target_id, url) \
+             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u"
         )))
         .bind(&c.resource_type)
         .bind(&c.id)
@@ -245,8 +286,8 @@ pub async fn insert(
     if !rows.uri.0.id.is_empty() {
         let (c, value) = &rows.uri;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO idx_uri (tenant, resource_type, id, code, value) \
-             SELECT {TENANT}, * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[])"
+            "{WITH_TENANT}INSERT INTO idx_uri (tenant, resource_type, id, code, value) \
+             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u"
         )))
         .bind(&c.resource_type)
         .bind(&c.id)
@@ -265,20 +306,16 @@ pub async fn clear_keys(
     resource_types: &[String],
     ids: &[String],
 ) -> Result<(), sqlx::Error> {
-    if ids.is_empty() {
-        return Ok(());
+    let mut by_type: std::collections::BTreeMap<&str, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (resource_type, id) in resource_types.iter().zip(ids) {
+        by_type
+            .entry(resource_type.as_str())
+            .or_default()
+            .push(id.clone());
     }
-    for table in INDEX_TABLES {
-        let statement = format!(
-            "DELETE FROM {table} t USING unnest($1::text[], $2::text[]) AS k(resource_type, id) \
-             WHERE t.tenant = current_setting('infoctor.tenant') \
-               AND t.resource_type = k.resource_type AND t.id = k.id"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .bind(resource_types)
-            .bind(ids)
-            .execute(&mut *conn)
-            .await?;
+    for (resource_type, ids) in by_type {
+        clear(conn, resource_type, &ids).await?;
     }
     Ok(())
 }

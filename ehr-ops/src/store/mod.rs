@@ -17,7 +17,9 @@ use serde_json::value::RawValue;
 use sqlx::PgConnection;
 
 use crate::error::{FhirError, FhirResult};
-pub use prepare::{PreparedResource, content_hash, prepare, stamp_meta};
+pub use prepare::{
+    PreparedResource, content_hash, is_valid_id, prepare, stamp_first_version, stamp_meta,
+};
 
 /// A resource version read from the store; the body stays as PostgreSQL's
 /// JSON text so responses can embed it without re-parsing.
@@ -45,7 +47,9 @@ impl StoredResource {
 
     /// `lastUpdated` formatted as an HTTP date for `Last-Modified`.
     pub fn http_last_modified(&self) -> String {
-        self.last_updated.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+        self.last_updated
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string()
     }
 }
 
@@ -54,7 +58,7 @@ pub fn format_instant(instant: DateTime<Utc>) -> String {
     instant.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// The current time truncated to milliseconds, so the column and the JSON agree.
+/// Returns the current time truncated to milliseconds, so the column and the JSON agree.
 pub fn now_millis() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
@@ -95,7 +99,7 @@ fn stored_from_row(row: VersionRow) -> FhirResult<StoredResource> {
 }
 
 /// Columns of a version row. PostgreSQL's jsonb output orders keys by
-/// length, which would bury `resourceType`; the body is printed with
+/// length, which would bury `resourceType`. The body is therefore printed with
 /// `resourceType` first, as FHIR JSON is conventionally written, and the
 /// rest in jsonb order.
 const VERSION_COLUMNS: &str = "v.resource_type, v.id, v.version_id, v.last_updated, v.operation, \
@@ -104,8 +108,20 @@ const VERSION_COLUMNS: &str = "v.resource_type, v.id, v.version_id, v.last_updat
           ELSE '{\"resourceType\": ' || to_jsonb(v.resource_type)::text || ', ' \
                || substr((v.resource - 'resourceType')::text, 2) END";
 
-/// Reads the current version; a deleted resource is `Gone`.
-pub async fn read(conn: &mut PgConnection, resource_type: &str, id: &str) -> FhirResult<StoredResource> {
+/// Reads the current version; a deleted resource is `Gone`. An id that no
+/// resource can have is `NotFound` without a query, because PostgreSQL
+/// rejects text with a NUL byte.
+pub async fn read(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<StoredResource> {
+    if !is_valid_id(id) {
+        return Err(FhirError::NotFound {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+        });
+    }
     let row: Option<VersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {VERSION_COLUMNS} FROM resources r JOIN resource_versions v \
            ON v.tenant = r.tenant AND v.resource_type = r.resource_type AND v.id = r.id \
@@ -141,7 +157,11 @@ pub async fn read_many(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let (types, ids): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let (types, ids): (Vec<String>, Vec<String>) = keys
+        .iter()
+        .filter(|(_, id)| is_valid_id(id))
+        .cloned()
+        .unzip();
     let rows: Vec<VersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {VERSION_COLUMNS} FROM unnest($1::text[], $2::text[]) AS k(resource_type, id) \
          JOIN resources r ON r.tenant = current_setting('infoctor.tenant') \
@@ -168,6 +188,9 @@ pub async fn vread(
         id: id.to_owned(),
         version_id: version.to_owned(),
     };
+    if !is_valid_id(id) {
+        return Err(not_found());
+    }
     let version_id: i64 = version.parse().map_err(|_| not_found())?;
     let row: Option<VersionRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {VERSION_COLUMNS} FROM resource_versions v \
@@ -199,7 +222,7 @@ pub enum WriteMode {
     Upsert,
 }
 
-/// What a write did.
+/// Result of a write.
 #[derive(Debug, Clone)]
 pub struct WriteOutcome {
     /// The stored version (the previous one when `unchanged`).
@@ -224,6 +247,7 @@ pub async fn write(
         mut resource,
         hash,
         entries,
+        ..
     } = prepared;
     let current: Option<(i64, bool, Option<Vec<u8>>)> = sqlx::query_as(
         "SELECT version_id, deleted, content_hash FROM resources \
@@ -245,7 +269,9 @@ pub async fn write(
         }
     }
     if mode == WriteMode::Create && current.is_some() {
-        return Err(FhirError::Conflict(format!("{resource_type}/{id} already exists")));
+        return Err(FhirError::Conflict(format!(
+            "{resource_type}/{id} already exists"
+        )));
     }
     if let Some((version_id, false, Some(old_hash))) = &current
         && *old_hash == hash
@@ -325,6 +351,9 @@ pub async fn delete(
     id: &str,
     if_match: Option<i64>,
 ) -> FhirResult<Option<i64>> {
+    if !is_valid_id(id) {
+        return Ok(None);
+    }
     let current: Option<(i64, bool)> = sqlx::query_as(
         "SELECT version_id, deleted FROM resources \
          WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
@@ -391,6 +420,9 @@ pub async fn history(
     id: Option<&str>,
     query: &HistoryQuery,
 ) -> FhirResult<(Vec<StoredResource>, i64)> {
+    if id.is_some_and(|id| !is_valid_id(id)) {
+        return Ok((Vec::new(), 0));
+    }
     let filter = "v.tenant = current_setting('infoctor.tenant') AND v.resource_type = $1 \
          AND ($2::text IS NULL OR v.id = $2) \
          AND ($3::timestamptz IS NULL OR v.last_updated >= $3) \
@@ -416,7 +448,10 @@ pub async fn history(
     .bind(query.offset)
     .fetch_all(&mut *conn)
     .await?;
-    let versions = rows.into_iter().map(stored_from_row).collect::<FhirResult<Vec<_>>>()?;
+    let versions = rows
+        .into_iter()
+        .map(stored_from_row)
+        .collect::<FhirResult<Vec<_>>>()?;
     Ok((versions, total))
 }
 

@@ -25,13 +25,29 @@ pub struct PreparedResource {
     pub hash: Vec<u8>,
     /// Search index entries of this content.
     pub entries: Vec<IndexEntry>,
+    /// The JSON text stamped as version 1 at the given instant, computed
+    /// ahead of the database work by bulk loads (see [`stamp_first_version`]).
+    pub first_version: Option<(DateTime<Utc>, String)>,
+}
+
+/// Serializes the resource as its version 1 stamped at `instant`, so a bulk
+/// writer creating it needs no serialization of its own.
+pub fn stamp_first_version(prepared: &mut PreparedResource, instant: DateTime<Utc>) {
+    // Stamping in place is safe: the hash was computed before, and a writer
+    // that needs another version stamps the resource again.
+    stamp_meta(&mut prepared.resource, 1, instant);
+    prepared.first_version = serde_json::to_string(&prepared.resource)
+        .ok()
+        .map(|text| (instant, text));
 }
 
 /// Checks that an id matches FHIR's `[A-Za-z0-9\-\.]{1,64}`.
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Validates `resource` as `resource_type` with the given id, sets its `id`,
@@ -53,7 +69,8 @@ pub fn prepare(resource_type: &str, id: &str, mut resource: Value) -> FhirResult
         }
         None => {
             return Err(FhirError::invalid(
-                "missing resourceType; add \"resourceType\": \"{resource_type}\"".replace("{resource_type}", resource_type),
+                "missing resourceType; add \"resourceType\": \"{resource_type}\""
+                    .replace("{resource_type}", resource_type),
                 Some("resourceType"),
             ));
         }
@@ -75,7 +92,10 @@ pub fn prepare(resource_type: &str, id: &str, mut resource: Value) -> FhirResult
         ));
     }
     let entries = extract(&resource).map_err(|err| {
-        FhirError::invalid(format!("search index extraction failed: {err}"), Some(resource_type))
+        FhirError::invalid(
+            format!("search index extraction failed: {err}"),
+            Some(resource_type),
+        )
     })?;
     let hash = content_hash(&resource);
     Ok(PreparedResource {
@@ -84,6 +104,7 @@ pub fn prepare(resource_type: &str, id: &str, mut resource: Value) -> FhirResult
         resource,
         hash,
         entries,
+        first_version: None,
     })
 }
 
@@ -114,9 +135,8 @@ pub fn content_hash(resource: &Value) -> Vec<u8> {
 fn hash_value(hasher: &mut Sha256, value: &Value) {
     // serde_json's writer is deterministic for a given Value; key order is
     // the order the client sent, so identical files hash identically.
-    if let Ok(bytes) = serde_json::to_vec(value) {
-        hasher.update(&bytes);
-    }
+    // Writing into a hasher cannot fail.
+    let _ = serde_json::to_writer(hasher, value);
 }
 
 /// Sets `meta.versionId` and `meta.lastUpdated`, keeping other meta elements.
@@ -131,8 +151,14 @@ pub fn stamp_meta(resource: &mut Value, version_id: i64, last_updated: DateTime<
         *meta = Value::Object(Map::new());
     }
     if let Some(meta) = meta.as_object_mut() {
-        meta.insert("versionId".to_owned(), Value::String(version_id.to_string()));
-        meta.insert("lastUpdated".to_owned(), Value::String(format_instant(last_updated)));
+        meta.insert(
+            "versionId".to_owned(),
+            Value::String(version_id.to_string()),
+        );
+        meta.insert(
+            "lastUpdated".to_owned(),
+            Value::String(format_instant(last_updated)),
+        );
     }
 }
 

@@ -128,7 +128,12 @@ pub(crate) fn equals(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
 pub(crate) fn equivalent(a: &Item<'_>, b: &Item<'_>) -> bool {
     match (primitive(a), primitive(b)) {
         (Primitive::String(x), Primitive::String(y)) => {
-            let normalize = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+            let normalize = |s: &str| {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            };
             normalize(x) == normalize(y)
         }
         (Primitive::Decimal(x), Primitive::Decimal(y)) => {

@@ -1,16 +1,16 @@
 //! Tree-walking evaluator for parsed FHIRPath expressions.
 //!
 //! Collections are `Vec<Item>` borrowing from the input resource. Functions follow the
-//! FHIRPath N1 semantics for the single-valued and empty cases; a function that needs a single
-//! input and receives several raises an evaluation error naming the function's offset.
+//! FHIRPath Normative Release 1 semantics for the single-valued and empty cases. A function
+//! that needs a single input and receives several raises an evaluation error at its offset.
 
 use super::compare::{self, Primitive};
 use super::parser::{Arg, BinaryOp, Expr, Function, Literal, TypeOp, TypeSpec};
 use super::types;
 use super::{FhirPathError, Item, Variables};
 use crate::datetime::{DateKind, parse_parts};
-use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -51,7 +51,7 @@ impl<'a, 'v> Context<'a, 'v> {
                 .map(|i| vec![Item::Integer(i as i64)])
                 .unwrap_or_default()),
             Expr::Total => Ok(Vec::new()),
-            Expr::Constant(name) => self.constant(name),
+            Expr::Constant { name, pos } => self.constant(name, *pos),
             Expr::Member { target, name } => {
                 let mut out = Vec::new();
                 match target {
@@ -72,7 +72,7 @@ impl<'a, 'v> Context<'a, 'v> {
                 }
                 Ok(out)
             }
-            Expr::Index { target, index } => {
+            Expr::Index { target, index, pos } => {
                 let items = self.eval(target, focus, frame)?;
                 let index = self.eval(index, focus, frame)?;
                 let position = match index.as_slice() {
@@ -80,7 +80,7 @@ impl<'a, 'v> Context<'a, 'v> {
                     [Item::Integer(i)] => *i,
                     _ => {
                         return Err(FhirPathError::evaluation(
-                            0,
+                            *pos,
                             "an indexer needs a single integer",
                         ));
                     }
@@ -91,19 +91,27 @@ impl<'a, 'v> Context<'a, 'v> {
                     .into_iter()
                     .collect())
             }
-            Expr::Negate(inner) => {
-                let items = self.eval(inner, focus, frame)?;
+            Expr::Negate { operand, pos } => {
+                let items = self.eval(operand, focus, frame)?;
                 items
                     .into_iter()
                     .map(|item| match compare::primitive(&item) {
                         Primitive::Integer(i) => Ok(Item::Integer(-i)),
                         Primitive::Decimal(d) => Ok(Item::Decimal(-d)),
-                        _ => Err(FhirPathError::evaluation(0, "unary minus needs a number")),
+                        _ => Err(FhirPathError::evaluation(
+                            *pos,
+                            "unary minus needs a number",
+                        )),
                     })
                     .collect()
             }
             Expr::Binary { op, lhs, rhs, pos } => self.binary(*op, lhs, rhs, *pos, focus, frame),
-            Expr::TypeOp { op, target, spec } => {
+            Expr::TypeOp {
+                op,
+                target,
+                spec,
+                pos,
+            } => {
                 let items = self.eval(target, focus, frame)?;
                 match op {
                     TypeOp::As => Ok(items
@@ -114,7 +122,7 @@ impl<'a, 'v> Context<'a, 'v> {
                         [] => Ok(Vec::new()),
                         [item] => Ok(vec![Item::Boolean(types::item_matches(item, spec))]),
                         _ => Err(FhirPathError::evaluation(
-                            0,
+                            *pos,
                             "'is' needs a single item on its left",
                         )),
                     },
@@ -135,7 +143,7 @@ impl<'a, 'v> Context<'a, 'v> {
         }
     }
 
-    fn constant(&self, name: &str) -> EvalResult<'a> {
+    fn constant(&self, name: &str, pos: usize) -> EvalResult<'a> {
         match name {
             "resource" | "context" | "rootResource" => Ok(vec![self.root.clone()]),
             "ucum" => Ok(vec![Item::String("http://unitsofmeasure.org".into())]),
@@ -145,7 +153,7 @@ impl<'a, 'v> Context<'a, 'v> {
                 .variables
                 .and_then(|v| v.get(name))
                 .cloned()
-                .ok_or_else(|| FhirPathError::evaluation(0, format!("unknown constant %{name}"))),
+                .ok_or_else(|| FhirPathError::evaluation(pos, format!("unknown constant %{name}"))),
         }
     }
 
@@ -205,8 +213,8 @@ impl<'a, 'v> Context<'a, 'v> {
             F::Empty => Ok(boolean_result(Some(input.is_empty()))),
             F::Exists => {
                 if let Some(criteria) = expr_arg(args, 0) {
-                    let kept = self.filter(&input, criteria, pos)?;
-                    Ok(boolean_result(Some(!kept.is_empty())))
+                    let matches = self.filter(&input, criteria, pos)?;
+                    Ok(boolean_result(Some(!matches.is_empty())))
                 } else {
                     Ok(boolean_result(Some(!input.is_empty())))
                 }
@@ -423,6 +431,7 @@ impl<'a, 'v> Context<'a, 'v> {
                 let Some(pattern) = self.string_arg(args, 0, focus, frame, pos)? else {
                     return Ok(Vec::new());
                 };
+                // NOTE: the pattern is compiled on every call, which is slow inside `where()`.
                 let regex = regex::Regex::new(&pattern).map_err(|e| {
                     FhirPathError::evaluation(pos, format!("invalid regular expression: {e}"))
                 })?;
@@ -473,15 +482,20 @@ impl<'a, 'v> Context<'a, 'v> {
             }
             F::ToString | F::ConvertsToString => {
                 let converted = single(&input, pos)?.and_then(string_of);
-                Ok(conversion(function == F::ConvertsToString, &input, converted.map(Item::String)))
+                Ok(conversion(
+                    function == F::ConvertsToString,
+                    &input,
+                    converted.map(Item::String),
+                ))
             }
             F::ToInteger | F::ConvertsToInteger => {
-                let converted = single(&input, pos)?.and_then(|item| match compare::primitive(item) {
-                    Primitive::Integer(i) => Some(i),
-                    Primitive::String(s) => s.parse::<i64>().ok(),
-                    Primitive::Boolean(b) => Some(i64::from(b)),
-                    _ => None,
-                });
+                let converted =
+                    single(&input, pos)?.and_then(|item| match compare::primitive(item) {
+                        Primitive::Integer(i) => Some(i),
+                        Primitive::String(s) => s.parse::<i64>().ok(),
+                        Primitive::Boolean(b) => Some(i64::from(b)),
+                        _ => None,
+                    });
                 Ok(conversion(
                     function == F::ConvertsToInteger,
                     &input,
@@ -489,13 +503,14 @@ impl<'a, 'v> Context<'a, 'v> {
                 ))
             }
             F::ToDecimal | F::ConvertsToDecimal => {
-                let converted = single(&input, pos)?.and_then(|item| match compare::primitive(item) {
-                    Primitive::Integer(i) => Some(Decimal::from(i)),
-                    Primitive::Decimal(d) => Some(d),
-                    Primitive::String(s) => s.parse::<Decimal>().ok(),
-                    Primitive::Boolean(b) => Some(Decimal::from(u8::from(b))),
-                    _ => None,
-                });
+                let converted =
+                    single(&input, pos)?.and_then(|item| match compare::primitive(item) {
+                        Primitive::Integer(i) => Some(Decimal::from(i)),
+                        Primitive::Decimal(d) => Some(d),
+                        Primitive::String(s) => s.parse::<Decimal>().ok(),
+                        Primitive::Boolean(b) => Some(Decimal::from(u8::from(b))),
+                        _ => None,
+                    });
                 Ok(conversion(
                     function == F::ConvertsToDecimal,
                     &input,
@@ -503,17 +518,18 @@ impl<'a, 'v> Context<'a, 'v> {
                 ))
             }
             F::ToBoolean | F::ConvertsToBoolean => {
-                let converted = single(&input, pos)?.and_then(|item| match compare::primitive(item) {
-                    Primitive::Boolean(b) => Some(b),
-                    Primitive::Integer(1) => Some(true),
-                    Primitive::Integer(0) => Some(false),
-                    Primitive::String(s) => match s.to_ascii_lowercase().as_str() {
-                        "true" | "t" | "yes" | "y" | "1" | "1.0" => Some(true),
-                        "false" | "f" | "no" | "n" | "0" | "0.0" => Some(false),
+                let converted =
+                    single(&input, pos)?.and_then(|item| match compare::primitive(item) {
+                        Primitive::Boolean(b) => Some(b),
+                        Primitive::Integer(1) => Some(true),
+                        Primitive::Integer(0) => Some(false),
+                        Primitive::String(s) => match s.to_ascii_lowercase().as_str() {
+                            "true" | "t" | "yes" | "y" | "1" | "1.0" => Some(true),
+                            "false" | "f" | "no" | "n" | "0" | "0.0" => Some(false),
+                            _ => None,
+                        },
                         _ => None,
-                    },
-                    _ => None,
-                });
+                    });
                 Ok(conversion(
                     function == F::ConvertsToBoolean,
                     &input,
@@ -532,7 +548,7 @@ impl<'a, 'v> Context<'a, 'v> {
                 .filter_map(|id| id.as_str().map(|s| Item::String(s.to_string())))
                 .collect()),
             F::GetReferenceKey => {
-                let wanted = match args.first() {
+                let expected_type = match args.first() {
                     Some(Arg::Type(spec)) => Some(spec.name.as_str()),
                     _ => None,
                 };
@@ -544,7 +560,7 @@ impl<'a, 'v> Context<'a, 'v> {
                     let Some((resource_type, id)) = types::split_reference(reference) else {
                         continue;
                     };
-                    if wanted.is_none_or(|w| w == resource_type) {
+                    if expected_type.is_none_or(|t| t == resource_type) {
                         out.push(Item::String(id.to_string()));
                     }
                 }
@@ -577,7 +593,11 @@ impl<'a, 'v> Context<'a, 'v> {
                 let places = self.integer_arg(args, 0, focus, frame, pos)?.unwrap_or(0);
                 let value = match compare::primitive(item) {
                     Primitive::Integer(i) if function != F::Round => {
-                        return Ok(vec![Item::Integer(if function == F::Abs { i.abs() } else { i })]);
+                        return Ok(vec![Item::Integer(if function == F::Abs {
+                            i.abs()
+                        } else {
+                            i
+                        })]);
                     }
                     Primitive::Integer(i) => Decimal::from(i),
                     Primitive::Decimal(d) => d,
@@ -594,7 +614,12 @@ impl<'a, 'v> Context<'a, 'v> {
         }
     }
 
-    fn required<'e>(&self, args: &'e [Arg], at: usize, pos: usize) -> Result<&'e Expr, FhirPathError> {
+    fn required<'e>(
+        &self,
+        args: &'e [Arg],
+        at: usize,
+        pos: usize,
+    ) -> Result<&'e Expr, FhirPathError> {
         expr_arg(args, at)
             .ok_or_else(|| FhirPathError::evaluation(pos, format!("missing argument {}", at + 1)))
     }
@@ -643,7 +668,10 @@ impl<'a, 'v> Context<'a, 'v> {
         match single(&values, pos)?.map(compare::primitive) {
             None => Ok(None),
             Some(Primitive::Integer(i)) => Ok(Some(i)),
-            Some(_) => Err(FhirPathError::evaluation(pos, format!("argument {} must be an integer", at + 1))),
+            Some(_) => Err(FhirPathError::evaluation(
+                pos,
+                format!("argument {} must be an integer", at + 1),
+            )),
         }
     }
 
@@ -779,14 +807,17 @@ fn binary_values<'a>(
         }
         BinaryOp::Equiv | BinaryOp::NotEquiv => {
             let equivalent = left.len() == right.len()
-                && left.iter().all(|a| right.iter().any(|b| compare::equivalent(a, b)));
+                && left
+                    .iter()
+                    .all(|a| right.iter().any(|b| compare::equivalent(a, b)));
             Ok(boolean_result(Some(equivalent == (op == BinaryOp::Equiv))))
         }
         BinaryOp::Lt | BinaryOp::Gt | BinaryOp::Le | BinaryOp::Ge => {
             let (Some(a), Some(b)) = (single(left, pos)?, single(right, pos)?) else {
                 return Ok(Vec::new());
             };
-            let ordering = compare::order(a, b).map_err(|message| FhirPathError::evaluation(pos, message))?;
+            let ordering =
+                compare::order(a, b).map_err(|message| FhirPathError::evaluation(pos, message))?;
             Ok(boolean_result(ordering.map(|o| match op {
                 BinaryOp::Lt => o == Ordering::Less,
                 BinaryOp::Gt => o == Ordering::Greater,
@@ -817,7 +848,12 @@ fn binary_values<'a>(
     }
 }
 
-fn arithmetic<'a>(op: BinaryOp, left: &[Item<'a>], right: &[Item<'a>], pos: usize) -> EvalResult<'a> {
+fn arithmetic<'a>(
+    op: BinaryOp,
+    left: &[Item<'a>],
+    right: &[Item<'a>],
+    pos: usize,
+) -> EvalResult<'a> {
     let (Some(a), Some(b)) = (single(left, pos)?, single(right, pos)?) else {
         return Ok(Vec::new());
     };
@@ -863,7 +899,10 @@ fn number(value: &Primitive<'_>) -> Option<Decimal> {
     }
 }
 
-fn single<'x, 'a>(items: &'x [Item<'a>], pos: usize) -> Result<Option<&'x Item<'a>>, FhirPathError> {
+fn single<'x, 'a>(
+    items: &'x [Item<'a>],
+    pos: usize,
+) -> Result<Option<&'x Item<'a>>, FhirPathError> {
     match items {
         [] => Ok(None),
         [item] => Ok(Some(item)),
@@ -899,7 +938,11 @@ fn string_of(item: &Item<'_>) -> Option<String> {
 }
 
 /// Builds the result of a `toX()` or `convertsToX()` function.
-fn conversion<'a>(test_only: bool, input: &[Item<'a>], converted: Option<Item<'a>>) -> Collection<'a> {
+fn conversion<'a>(
+    test_only: bool,
+    input: &[Item<'a>],
+    converted: Option<Item<'a>>,
+) -> Collection<'a> {
     if input.is_empty() {
         return Vec::new();
     }
@@ -919,7 +962,11 @@ fn distinct(input: Collection<'_>) -> Collection<'_> {
     out
 }
 
-fn set_operation<'a>(function: Function, input: Collection<'a>, other: Collection<'a>) -> Collection<'a> {
+fn set_operation<'a>(
+    function: Function,
+    input: Collection<'a>,
+    other: Collection<'a>,
+) -> Collection<'a> {
     let in_other = |item: &Item<'a>| other.iter().any(|o| compare::same_item(o, item));
     match function {
         Function::Union => distinct(input.into_iter().chain(other.iter().cloned()).collect()),
@@ -984,7 +1031,10 @@ pub(crate) fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>)
     }
 }
 
-fn underscore_sibling<'a>(map: &'a serde_json::Map<String, Value>, name: &str) -> Option<&'a Value> {
+fn underscore_sibling<'a>(
+    map: &'a serde_json::Map<String, Value>,
+    name: &str,
+) -> Option<&'a Value> {
     if map.len() < 2 {
         return None;
     }
@@ -1037,7 +1087,11 @@ fn push_values<'a>(
     }
 }
 
-fn typed_node<'a>(value: &'a Value, child_type: Option<&'static str>, extension: Option<&'a Value>) -> Item<'a> {
+fn typed_node<'a>(
+    value: &'a Value,
+    child_type: Option<&'static str>,
+    extension: Option<&'a Value>,
+) -> Item<'a> {
     let type_name: Cow<'a, str> = match child_type {
         Some("Resource") | None => match value.get("resourceType").and_then(Value::as_str) {
             Some(resource_type) => Cow::Borrowed(resource_type),
@@ -1090,7 +1144,10 @@ fn extensions<'a>(item: &Item<'a>, url: &str, out: &mut Vec<Item<'a>>) {
         } => *primitive_extension,
         _ => None,
     };
-    let Some(list) = holder.and_then(|h| h.get("extension")).and_then(Value::as_array) else {
+    let Some(list) = holder
+        .and_then(|h| h.get("extension"))
+        .and_then(Value::as_array)
+    else {
         return;
     };
     for extension in list {
@@ -1104,7 +1161,9 @@ fn extensions<'a>(item: &Item<'a>, url: &str, out: &mut Vec<Item<'a>>) {
 fn boundary<'a>(item: &Item<'a>, high: bool, digits: Option<i64>) -> Option<Item<'a>> {
     match compare::primitive(item) {
         Primitive::Decimal(d) => decimal_boundary(d, high, digits).map(Item::Decimal),
-        Primitive::Integer(i) => decimal_boundary(Decimal::from(i), high, digits).map(Item::Decimal),
+        Primitive::Integer(i) => {
+            decimal_boundary(Decimal::from(i), high, digits).map(Item::Decimal)
+        }
         Primitive::Date(text) => {
             let parts = parse_parts(text, DateKind::Date).ok()?;
             let range = parts.to_range()?;
@@ -1115,24 +1174,20 @@ fn boundary<'a>(item: &Item<'a>, high: bool, digits: Option<i64>) -> Option<Item
             let parts = parse_parts(text, DateKind::DateTime).ok()?;
             let range = parts.to_range()?;
             let instant = if high { range.high } else { range.low };
-            // A value without a zone could be in any zone from -12:00 to +14:00, so its
-            // boundaries are the earliest and latest of those readings.
-            let (offset_seconds, suffix) = match parts.offset_seconds {
-                Some(offset) => (offset, None),
-                None if high => (-12 * 3600, Some("-12:00")),
-                None => (14 * 3600, Some("+14:00")),
-            };
-            let local_offset = parts.offset_seconds.unwrap_or(0);
-            let local = instant + chrono::Duration::seconds(i64::from(local_offset));
-            let zone = match suffix {
-                Some(s) => s.to_string(),
-                None if offset_seconds == 0 => "Z".to_string(),
-                None => {
-                    let sign = if offset_seconds < 0 { '-' } else { '+' };
-                    let abs = offset_seconds.unsigned_abs();
-                    format!("{sign}{:02}:{:02}", abs / 3600, abs % 3600 / 60)
+            // The result keeps the written zone. A value without a zone could be read in any
+            // zone from -12:00 to +14:00, so its boundaries take the extreme of those zones.
+            let zone = match parts.offset_seconds {
+                Some(0) => "Z".to_string(),
+                Some(offset) => {
+                    let sign = if offset < 0 { '-' } else { '+' };
+                    let minutes = offset.unsigned_abs() / 60;
+                    format!("{sign}{:02}:{:02}", minutes / 60, minutes % 60)
                 }
+                None if high => "-12:00".to_string(),
+                None => "+14:00".to_string(),
             };
+            let offset = chrono::Duration::seconds(i64::from(parts.offset_seconds.unwrap_or(0)));
+            let local = instant + offset;
             Some(Item::DateTime(format!(
                 "{}{zone}",
                 local.format("%Y-%m-%dT%H:%M:%S%.3f")
@@ -1149,17 +1204,21 @@ fn boundary<'a>(item: &Item<'a>, high: bool, digits: Option<i64>) -> Option<Item
     }
 }
 
-/// Widens a decimal by half a unit of its last significant digit, or of `digits` places.
+/// Widens a decimal by half a unit of its last digit. With `digits`, the result is rounded
+/// outward (down for the low boundary, up for the high one) to that many decimal places.
 fn decimal_boundary(value: Decimal, high: bool, digits: Option<i64>) -> Option<Decimal> {
-    let scale = value.scale();
-    let half = Decimal::new(5, scale + 1);
+    let half = Decimal::new(5, value.scale() + 1);
     let bound = if high { value + half } else { value - half };
-    let mut bound = match digits {
-        Some(d) => bound.round_dp(u32::try_from(d).ok()?),
-        None => bound,
+    let Some(digits) = digits else {
+        return Some(bound);
     };
-    if let Some(d) = digits.and_then(|d| u32::try_from(d).ok()) {
-        bound.rescale(d);
-    }
-    Some(bound)
+    let places = u32::try_from(digits).ok()?;
+    let strategy = if high {
+        RoundingStrategy::ToPositiveInfinity
+    } else {
+        RoundingStrategy::ToNegativeInfinity
+    };
+    let mut rounded = bound.round_dp_with_strategy(places, strategy);
+    rounded.rescale(places);
+    Some(rounded)
 }

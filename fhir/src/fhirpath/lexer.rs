@@ -106,7 +106,10 @@ pub(crate) fn tokenize(src: &str) -> Result<Vec<Spanned>, FhirPathError> {
             b'@' => {
                 let end = scan_datetime(bytes, pos + 1);
                 if end == pos + 1 {
-                    return Err(FhirPathError::syntax(start, "expected a date or time after '@'"));
+                    return Err(FhirPathError::syntax(
+                        start,
+                        "expected a date or time after '@'",
+                    ));
                 }
                 let text = src[pos + 1..end].to_string();
                 pos = end;
@@ -216,5 +219,8 @@ fn read_quoted(src: &str, start: usize, quote: u8) -> Result<(String, usize), Fh
             }
         }
     }
-    Err(FhirPathError::syntax(start, "unterminated string or delimited identifier"))
+    Err(FhirPathError::syntax(
+        start,
+        "unterminated string or delimited identifier",
+    ))
 }

@@ -7,11 +7,20 @@
 //! name, so `Observation.value` over `valueQuantity` yields a node of type `Quantity`, and
 //! backbone elements are typed by their path (`Patient.contact`).
 //!
-//! Supported: path navigation with a leading type name, indexers, `|`, the boolean, equality,
-//! comparison, arithmetic and string concatenation operators, `is`/`as`, literals (string,
-//! number, boolean, date/time, quantity, `{}`), `$this`, `$index`, `%resource`, `%context`,
-//! `%rootResource`, `%ucum`, `%sct`, `%loinc` and caller-supplied constants ([`Variables`]),
-//! and the functions listed in `parser::Function`.
+//! The engine supports path navigation with a leading type name, indexers, `|`, and the
+//! boolean, equality, comparison, arithmetic and string concatenation operators. It also
+//! supports `is`/`as`, literals (string, number, boolean, date/time, quantity, `{}`), `$this`,
+//! `$index`, `%resource`, `%context`, `%rootResource`, `%ucum`, `%sct`, `%loinc`, constants
+//! passed in [`Variables`], and these functions: `empty`, `exists`, `all`, `allTrue`,
+//! `anyTrue`, `allFalse`, `anyFalse`, `where`, `select`, `repeat`, `ofType`, `as`, `is`,
+//! `first`, `last`, `tail`, `skip`, `take`, `single`, `count`, `distinct`, `isDistinct`,
+//! `union`, `combine`, `intersect`, `exclude`, `subsetOf`, `supersetOf`, `not`, `iif`,
+//! `resolve`, `extension`, `hasValue`, `children`, `descendants`, `join`, `substring`,
+//! `startsWith`, `endsWith`, `contains`, `indexOf`, `matches`, `replace`, `replaceMatches`,
+//! `length`, `upper`, `lower`, `trim`, `split`, `toChars`, `toString`, `toInteger`,
+//! `toDecimal`, `toBoolean`, the matching `convertsTo...` functions, `getResourceKey`,
+//! `getReferenceKey`, `lowBoundary`, `highBoundary`, `today`, `now`, `trace`, `abs`,
+//! `ceiling`, `floor` and `round`.
 //!
 //! Limits: `resolve()` never fetches. It finds contained resources by `#id` and otherwise
 //! returns a placeholder that carries only the type and id of a literal `Type/id` reference, so
@@ -36,7 +45,7 @@ use std::collections::HashMap;
 use parser::Expr;
 pub use types::split_reference;
 
-/// Why parsing or evaluating a FHIRPath expression failed.
+/// Error raised while parsing or evaluating a FHIRPath expression.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FhirPathError {
     /// The expression text does not follow the FHIRPath grammar.

@@ -1,6 +1,6 @@
 //! Recursive-descent parser producing the FHIRPath syntax tree.
 //!
-//! Operator precedence follows the FHIRPath normative grammar (N1), from tightest to loosest:
+//! Operator precedence follows the FHIRPath Normative Release 1 grammar, tightest first:
 //! invocation and indexer, unary sign, `* / div mod`, `+ - &`, `is as`, `|`, `< > <= >=`,
 //! `= ~ != !~`, `in contains`, `and`, `xor or`, `implies`. Function names and argument counts
 //! are checked here, so an unknown function fails at parse time rather than on first use.
@@ -19,7 +19,10 @@ pub(crate) enum Literal {
     String(String),
     /// A date, dateTime or time literal without its `@`.
     DateTime(String),
-    Quantity { value: Decimal, unit: String },
+    Quantity {
+        value: Decimal,
+        unit: String,
+    },
 }
 
 /// A type named in `is`, `as` or `ofType`, such as `FHIR.Quantity` or `System.String`.
@@ -214,7 +217,7 @@ impl Function {
         Some(entry)
     }
 
-    /// Whether the argument at `index` is a type specifier rather than an expression.
+    /// Returns true when the argument at `index` is a type specifier rather than an expression.
     fn takes_type(self, index: usize) -> bool {
         matches!(self, Function::OfType | Function::As | Function::Is)
             || (self == Function::GetReferenceKey && index == 0)
@@ -238,7 +241,10 @@ pub(crate) enum Expr {
     IndexVar,
     Total,
     /// An external constant such as `%resource`.
-    Constant(String),
+    Constant {
+        name: String,
+        pos: usize,
+    },
     /// Child navigation; with no target it applies to the focus (`$this`), where a leading
     /// type name such as `Patient` also filters the focus by type.
     Member {
@@ -254,8 +260,12 @@ pub(crate) enum Expr {
     Index {
         target: Box<Expr>,
         index: Box<Expr>,
+        pos: usize,
     },
-    Negate(Box<Expr>),
+    Negate {
+        operand: Box<Expr>,
+        pos: usize,
+    },
     Binary {
         op: BinaryOp,
         lhs: Box<Expr>,
@@ -266,6 +276,7 @@ pub(crate) enum Expr {
         op: TypeOp,
         target: Box<Expr>,
         spec: TypeSpec,
+        pos: usize,
     },
 }
 
@@ -377,6 +388,7 @@ impl Parser {
                     op,
                     target: Box::new(lhs),
                     spec,
+                    pos: next.pos,
                 };
                 continue;
             }
@@ -401,12 +413,15 @@ impl Parser {
     fn unary(&mut self) -> Result<Expr, FhirPathError> {
         match self.peek().token {
             Token::Symbol("-") => {
-                self.advance();
+                let pos = self.advance().pos;
                 let inner = self.unary()?;
                 Ok(match inner {
                     Expr::Literal(Literal::Integer(i)) => Expr::Literal(Literal::Integer(-i)),
                     Expr::Literal(Literal::Decimal(d)) => Expr::Literal(Literal::Decimal(-d)),
-                    other => Expr::Negate(Box::new(other)),
+                    other => Expr::Negate {
+                        operand: Box::new(other),
+                        pos,
+                    },
                 })
             }
             Token::Symbol("+") => {
@@ -426,12 +441,13 @@ impl Parser {
                     expr = self.invocation(Some(Box::new(expr)))?;
                 }
                 Token::Symbol("[") => {
-                    self.advance();
+                    let pos = self.advance().pos;
                     let index = self.expression(0)?;
                     self.expect("]")?;
                     expr = Expr::Index {
                         target: Box::new(expr),
                         index: Box::new(index),
+                        pos,
                     };
                 }
                 _ => return Ok(expr),
@@ -456,7 +472,10 @@ impl Parser {
             }
             Token::Constant(name) => {
                 self.advance();
-                Ok(Expr::Constant(name))
+                Ok(Expr::Constant {
+                    name,
+                    pos: next.pos,
+                })
             }
             Token::Special(name) => {
                 self.advance();
@@ -525,9 +544,8 @@ impl Parser {
             return Ok(Expr::Member { target, name });
         }
         self.advance();
-        let (function, min, max) = Function::lookup(&name).ok_or_else(|| {
-            FhirPathError::syntax(next.pos, format!("unknown function '{name}'"))
-        })?;
+        let (function, min, max) = Function::lookup(&name)
+            .ok_or_else(|| FhirPathError::syntax(next.pos, format!("unknown function '{name}'")))?;
         let mut args = Vec::new();
         if self.peek().token != Token::Symbol(")") {
             loop {

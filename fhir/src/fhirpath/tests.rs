@@ -116,19 +116,31 @@ fn indexer_selects_position() {
 #[test]
 fn union_removes_duplicates() {
     let p = patient();
-    assert_eq!(strings(&p, "name.given | name.given"), ["Peter", "James", "Jim"]);
+    assert_eq!(
+        strings(&p, "name.given | name.given"),
+        ["Peter", "James", "Jim"]
+    );
     assert_eq!(strings(&p, "gender | 'male' | 'x'"), ["male", "x"]);
 }
 
 #[test]
 fn where_filters_items() {
     let p = patient();
-    assert_eq!(strings(&p, "telecom.where(system='email').value"), ["jim@example.org"]);
     assert_eq!(
-        strings(&p, "name.where(use = 'official' and family = 'Ordóñez').given"),
+        strings(&p, "telecom.where(system='email').value"),
+        ["jim@example.org"]
+    );
+    assert_eq!(
+        strings(
+            &p,
+            "name.where(use = 'official' and family = 'Ordóñez').given"
+        ),
         ["Peter", "James"]
     );
-    assert_eq!(strings(&p, "name.where($this.use = 'usual').given"), ["Jim"]);
+    assert_eq!(
+        strings(&p, "name.where($this.use = 'usual').given"),
+        ["Jim"]
+    );
 }
 
 #[test]
@@ -157,7 +169,10 @@ fn type_functions_and_operators() {
     assert_eq!(eval(&o, "value.as(Quantity)").len(), 1);
     assert_eq!(boolean(&o, "value is Quantity"), Some(true));
     assert_eq!(boolean(&o, "value.is(Period)"), Some(false));
-    assert_eq!(strings(&o, "(Observation.value as Quantity).unit"), ["/min"]);
+    assert_eq!(
+        strings(&o, "(Observation.value as Quantity).unit"),
+        ["/min"]
+    );
     assert_eq!(strings(&o, "component.value.ofType(integer)"), ["3"]);
     let p = patient();
     assert_eq!(boolean(&p, "Patient.gender.is(code)"), Some(true));
@@ -176,12 +191,21 @@ fn resolve_checks_reference_type() {
     assert!(eval(&o, "subject.where(resolve() is Group)").is_empty());
     let p = patient();
     assert_eq!(
-        strings(&p, "generalPractitioner.where(resolve() is Practitioner).reference"),
+        strings(
+            &p,
+            "generalPractitioner.where(resolve() is Practitioner).reference"
+        ),
         ["Practitioner/pr-1", "#c1"]
     );
-    assert_eq!(strings(&p, "generalPractitioner[1].resolve().name.family"), ["Local"]);
+    assert_eq!(
+        strings(&p, "generalPractitioner[1].resolve().name.family"),
+        ["Local"]
+    );
     let absolute = json!({"resourceType": "Observation", "subject": {"reference": "https://example.org/fhir/Patient/9/_history/2"}});
-    assert_eq!(eval(&absolute, "subject.where(resolve() is Patient)").len(), 1);
+    assert_eq!(
+        eval(&absolute, "subject.where(resolve() is Patient)").len(),
+        1
+    );
     let unknown = json!({"resourceType": "Observation", "subject": {"reference": "urn:uuid:1234"}});
     assert!(eval(&unknown, "subject.where(resolve() is Patient)").is_empty());
 }
@@ -190,12 +214,18 @@ fn resolve_checks_reference_type() {
 fn extension_by_url() {
     let p = patient();
     assert_eq!(
-        strings(&p, "extension('http://example.org/race').extension('ombCategory').value.ofType(Coding).code"),
+        strings(
+            &p,
+            "extension('http://example.org/race').extension('ombCategory').value.ofType(Coding).code"
+        ),
         ["2106-3"]
     );
     assert!(eval(&p, "extension('http://example.org/none')").is_empty());
     assert_eq!(
-        strings(&p, "birthDate.extension('http://hl7.org/fhir/StructureDefinition/patient-birthTime').value"),
+        strings(
+            &p,
+            "birthDate.extension('http://hl7.org/fhir/StructureDefinition/patient-birthTime').value"
+        ),
         ["1974-12-25T14:35:45-05:00"]
     );
 }
@@ -206,7 +236,10 @@ fn primitive_extension_without_value() {
     let birth = eval(&resource, "birthDate");
     assert_eq!(birth.len(), 1);
     assert_eq!(boolean(&resource, "birthDate.hasValue()"), Some(false));
-    assert_eq!(strings(&resource, "birthDate.extension('u').value"), ["unknown"]);
+    assert_eq!(
+        strings(&resource, "birthDate.extension('u').value"),
+        ["unknown"]
+    );
 }
 
 #[test]
@@ -254,9 +287,11 @@ fn equality_and_comparison() {
     assert_eq!(boolean(&p, "'abc' <= 'abd'"), Some(true));
     assert_eq!(boolean(&o, "effective > @2020-02-29T08:00:00Z"), Some(true));
     assert_eq!(boolean(&o, "effective = @2020-02-29T09:00:00Z"), Some(true));
-    assert!(Expression::parse("1 < 'a'")
-        .and_then(|e| e.evaluate(&p).map(|_| ()))
-        .is_err());
+    assert!(
+        Expression::parse("1 < 'a'")
+            .and_then(|e| e.evaluate(&p).map(|_| ()))
+            .is_err()
+    );
 }
 
 #[test]
@@ -276,8 +311,17 @@ fn literals_evaluate() {
     assert_eq!(strings(&p, "-4.50"), ["-4.50"]);
     assert_eq!(strings(&p, "true"), ["true"]);
     assert_eq!(eval(&p, "{}").len(), 0);
-    assert_eq!(eval(&p, "4 'mg'"), [Item::Quantity { value: Decimal::from(4), unit: "mg".into() }]);
-    assert_eq!(eval(&p, "@2020-01-01T10:00:00Z"), [Item::DateTime("2020-01-01T10:00:00Z".into())]);
+    assert_eq!(
+        eval(&p, "4 'mg'"),
+        [Item::Quantity {
+            value: Decimal::from(4),
+            unit: "mg".into()
+        }]
+    );
+    assert_eq!(
+        eval(&p, "@2020-01-01T10:00:00Z"),
+        [Item::DateTime("2020-01-01T10:00:00Z".into())]
+    );
     assert_eq!(eval(&p, "@T10:00"), [Item::Time("10:00".into())]);
 }
 
@@ -285,13 +329,19 @@ fn literals_evaluate() {
 fn context_constants() {
     let p = patient();
     assert_eq!(strings(&p, "%resource.id"), ["p1"]);
-    assert_eq!(strings(&p, "name.where(%context.gender = 'male').given.first()"), ["Peter"]);
+    assert_eq!(
+        strings(&p, "name.where(%context.gender = 'male').given.first()"),
+        ["Peter"]
+    );
     assert_eq!(strings(&p, "name.given.where($this = 'Jim')"), ["Jim"]);
     assert_eq!(strings(&p, "name.select($index)"), ["0", "1"]);
     let mut variables = Variables::new();
     variables.insert("wanted", vec![Item::String("usual".into())]);
-    let expression = Expression::parse("name.where(use = %wanted).given").unwrap_or_else(|e| panic!("{e}"));
-    let found = expression.evaluate_with(&p, &variables).unwrap_or_else(|e| panic!("{e}"));
+    let expression =
+        Expression::parse("name.where(use = %wanted).given").unwrap_or_else(|e| panic!("{e}"));
+    let found = expression
+        .evaluate_with(&p, &variables)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(found.len(), 1);
     let missing = Expression::parse("%missing").unwrap_or_else(|e| panic!("{e}"));
     assert!(missing.evaluate(&p).is_err());
@@ -312,10 +362,19 @@ fn join_select_iif() {
 fn resource_and_reference_keys() {
     let p = patient();
     assert_eq!(strings(&p, "getResourceKey()"), ["p1"]);
-    assert_eq!(strings(&p, "managingOrganization.getReferenceKey()"), ["org-1"]);
-    assert_eq!(strings(&p, "managingOrganization.getReferenceKey(Organization)"), ["org-1"]);
+    assert_eq!(
+        strings(&p, "managingOrganization.getReferenceKey()"),
+        ["org-1"]
+    );
+    assert_eq!(
+        strings(&p, "managingOrganization.getReferenceKey(Organization)"),
+        ["org-1"]
+    );
     assert!(eval(&p, "managingOrganization.getReferenceKey(Patient)").is_empty());
-    assert_eq!(strings(&p, "generalPractitioner.getReferenceKey()"), ["pr-1"]);
+    assert_eq!(
+        strings(&p, "generalPractitioner.getReferenceKey()"),
+        ["pr-1"]
+    );
 }
 
 #[test]
@@ -324,14 +383,36 @@ fn boundaries_of_dates_and_decimals() {
     assert_eq!(strings(&p, "birthDate.lowBoundary()"), ["1970-06-01"]);
     assert_eq!(strings(&p, "birthDate.highBoundary()"), ["1970-06-30"]);
     let o = json!({"resourceType": "Observation", "valueDateTime": "2010-10-10", "component": [{"valueTime": "12:34:00"}, {"valueQuantity": {"value": 1.0}}]});
-    assert_eq!(strings(&o, "value.ofType(dateTime).lowBoundary()"), ["2010-10-10T00:00:00.000+14:00"]);
-    assert_eq!(strings(&o, "value.ofType(dateTime).highBoundary()"), ["2010-10-10T23:59:59.999-12:00"]);
-    assert_eq!(strings(&o, "component.value.ofType(time).lowBoundary()"), ["12:34:00.000"]);
-    assert_eq!(strings(&o, "component.value.ofType(time).highBoundary()"), ["12:34:00.999"]);
-    assert_eq!(strings(&o, "component.value.ofType(Quantity).value.lowBoundary()"), ["0.95"]);
-    assert_eq!(strings(&o, "component.value.ofType(Quantity).value.highBoundary()"), ["1.05"]);
-    let zoned = json!({"resourceType": "Observation", "effectiveDateTime": "2020-01-01T10:00:00+02:00"});
-    assert_eq!(strings(&zoned, "effective.highBoundary()"), ["2020-01-01T10:00:00.999+02:00"]);
+    assert_eq!(
+        strings(&o, "value.ofType(dateTime).lowBoundary()"),
+        ["2010-10-10T00:00:00.000+14:00"]
+    );
+    assert_eq!(
+        strings(&o, "value.ofType(dateTime).highBoundary()"),
+        ["2010-10-10T23:59:59.999-12:00"]
+    );
+    assert_eq!(
+        strings(&o, "component.value.ofType(time).lowBoundary()"),
+        ["12:34:00.000"]
+    );
+    assert_eq!(
+        strings(&o, "component.value.ofType(time).highBoundary()"),
+        ["12:34:00.999"]
+    );
+    assert_eq!(
+        strings(&o, "component.value.ofType(Quantity).value.lowBoundary()"),
+        ["0.95"]
+    );
+    assert_eq!(
+        strings(&o, "component.value.ofType(Quantity).value.highBoundary()"),
+        ["1.05"]
+    );
+    let zoned =
+        json!({"resourceType": "Observation", "effectiveDateTime": "2020-01-01T10:00:00+02:00"});
+    assert_eq!(
+        strings(&zoned, "effective.highBoundary()"),
+        ["2020-01-01T10:00:00.999+02:00"]
+    );
 }
 
 #[test]
@@ -340,8 +421,14 @@ fn string_functions() {
     assert_eq!(strings(&p, "name.given.first().substring(1, 3)"), ["ete"]);
     assert_eq!(strings(&p, "name.given.first().substring(2)"), ["ter"]);
     assert!(eval(&p, "name.given.first().substring(10)").is_empty());
-    assert_eq!(boolean(&p, "name.given.first().startsWith('Pe')"), Some(true));
-    assert_eq!(boolean(&p, "name.given.first().startsWith('pe')"), Some(false));
+    assert_eq!(
+        boolean(&p, "name.given.first().startsWith('Pe')"),
+        Some(true)
+    );
+    assert_eq!(
+        boolean(&p, "name.given.first().startsWith('pe')"),
+        Some(false)
+    );
     assert_eq!(boolean(&p, "name.family.contains('dóñ')"), Some(true));
     assert_eq!(boolean(&p, "name.given.first().endsWith('er')"), Some(true));
     assert_eq!(strings(&p, "name.given.first().upper()"), ["PETER"]);
@@ -413,13 +500,32 @@ fn evaluation_errors_are_typed() {
     let p = patient();
     let expression = Expression::parse("name.given.substring(1)").unwrap_or_else(|e| panic!("{e}"));
     let error = expression.evaluate(&p).err();
-    assert!(matches!(error, Some(FhirPathError::Evaluation { position: 11, .. })), "{error:?}");
+    assert!(
+        matches!(error, Some(FhirPathError::Evaluation { position: 11, .. })),
+        "{error:?}"
+    );
+    let indexer = Expression::parse("name['a']").unwrap_or_else(|e| panic!("{e}"));
+    let error = indexer.evaluate(&p).err();
+    assert!(
+        matches!(error, Some(FhirPathError::Evaluation { position: 4, .. })),
+        "{error:?}"
+    );
+    let constant =
+        Expression::parse("name.where(use = %missing)").unwrap_or_else(|e| panic!("{e}"));
+    let error = constant.evaluate(&p).err();
+    assert!(
+        matches!(error, Some(FhirPathError::Evaluation { position: 17, .. })),
+        "{error:?}"
+    );
 }
 
 #[test]
 fn delimited_identifiers_and_comments() {
     let p = patient();
-    assert_eq!(strings(&p, "`name`.`family` // trailing comment"), ["Ordóñez"]);
+    assert_eq!(
+        strings(&p, "`name`.`family` // trailing comment"),
+        ["Ordóñez"]
+    );
     assert_eq!(strings(&p, "/* leading */ gender"), ["male"]);
 }
 
@@ -427,9 +533,115 @@ fn delimited_identifiers_and_comments() {
 fn evaluate_on_uses_focus() {
     let p = patient();
     let names = eval(&p, "name");
-    let expression = Expression::parse("given.first() & ' of ' & %resource.id").unwrap_or_else(|e| panic!("{e}"));
+    let expression = Expression::parse("given.first() & ' of ' & %resource.id")
+        .unwrap_or_else(|e| panic!("{e}"));
     let found = expression
         .evaluate_on(&p, &names[1..], &Variables::new())
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(found, [Item::String("Jim of p1".into())]);
+}
+
+/// Collects the FHIRPath strings (`path` and `where.path`) of every view in a SQL on FHIR test
+/// file.
+fn view_paths(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                if key == "path"
+                    && let Some(text) = child.as_str()
+                {
+                    out.push(text.to_string());
+                }
+                view_paths(child, out);
+            }
+        }
+        Value::Array(values) => values.iter().for_each(|v| view_paths(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn sql_on_fhir_view_paths_parse() {
+    let folder = match std::env::var_os("INFOCTOR_TEST_DATA") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+    }
+    .join("sql-on-fhir-tests/tests");
+    let mut files: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap_or_else(|e| panic!("read {}: {e}", folder.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    let mut paths = Vec::new();
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let suite: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for test in suite["tests"].as_array().map_or(&[][..], Vec::as_slice) {
+            view_paths(&test["view"], &mut paths);
+        }
+    }
+    let failures: Vec<String> = paths
+        .iter()
+        .filter_map(|p| Expression::parse(p).err().map(|e| format!("{p}: {e}")))
+        .collect();
+    assert!(paths.len() > 200, "only {} paths found", paths.len());
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn collection_functions() {
+    let p = patient();
+    assert_eq!(boolean(&p, "name.all(given.exists())"), Some(true));
+    assert_eq!(boolean(&p, "name.all(family.exists())"), Some(false));
+    assert_eq!(boolean(&p, "(true | false).anyTrue()"), Some(true));
+    assert_eq!(boolean(&p, "(true | false).allTrue()"), Some(false));
+    assert_eq!(boolean(&p, "(false).allFalse()"), Some(true));
+    assert_eq!(strings(&p, "(1 | 2 | 3).combine(3 | 4).count()"), ["5"]);
+    assert_eq!(strings(&p, "(1 | 2 | 3).union(3 | 4).count()"), ["4"]);
+    assert_eq!(strings(&p, "(1 | 2 | 3).intersect(2 | 3 | 9)"), ["2", "3"]);
+    assert_eq!(strings(&p, "(1 | 2 | 3).exclude(2)"), ["1", "3"]);
+    assert_eq!(boolean(&p, "(1 | 2).subsetOf(1 | 2 | 3)"), Some(true));
+    assert_eq!(boolean(&p, "(1 | 2).supersetOf(1 | 5)"), Some(false));
+    assert_eq!(
+        strings(&p, "name.given.combine(name.given).distinct().count()"),
+        ["3"]
+    );
+    assert_eq!(
+        boolean(&p, "name.given.combine('Jim').isDistinct()"),
+        Some(false)
+    );
+    assert_eq!(strings(&p, "gender.single()"), ["male"]);
+    assert!(
+        Expression::parse("name.single()")
+            .and_then(|e| e.evaluate(&p).map(|_| ()))
+            .is_err()
+    );
+    let nested = json!({"resourceType": "Questionnaire", "status": "draft",
+        "item": [{"linkId": "1", "type": "group", "item": [{"linkId": "1.1", "type": "string"}]}]});
+    assert_eq!(strings(&nested, "repeat(item).linkId"), ["1", "1.1"]);
+}
+
+#[test]
+fn conversion_and_math_functions() {
+    let p = patient();
+    assert_eq!(strings(&p, "'42'.toInteger()"), ["42"]);
+    assert!(eval(&p, "'4x'.toInteger()").is_empty());
+    assert_eq!(boolean(&p, "'4x'.convertsToInteger()"), Some(false));
+    assert_eq!(strings(&p, "'1.50'.toDecimal()"), ["1.50"]);
+    assert_eq!(boolean(&p, "'yes'.toBoolean()"), Some(true));
+    assert_eq!(strings(&p, "5.toString()"), ["5"]);
+    assert_eq!(strings(&p, "(-5).abs()"), ["5"]);
+    assert_eq!(strings(&p, "1.5.ceiling()"), ["2"]);
+    assert_eq!(strings(&p, "1.5.floor()"), ["1"]);
+    assert_eq!(strings(&p, "3.14159.round(2)"), ["3.14"]);
+    assert_eq!(strings(&p, "'  x  '.trim()"), ["x"]);
+    assert_eq!(strings(&p, "'abcb'.indexOf('b')"), ["1"]);
+    assert_eq!(strings(&p, "'abc'.toChars()"), ["a", "b", "c"]);
+    assert_eq!(
+        strings(&p, "'a1b22'.replaceMatches('[0-9]+', '#')"),
+        ["a#b#"]
+    );
+    assert_eq!(strings(&p, "'Abc'.lower()"), ["abc"]);
 }

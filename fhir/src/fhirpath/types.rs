@@ -36,7 +36,11 @@ pub(crate) fn child_type(parent_type: &str, key: &str) -> Option<&'static str> {
 /// made of `name` and a capitalized suffix is accepted, with an unknown type.
 pub(crate) fn choice_child_type(parent_type: &str, name: &str, key: &str) -> Option<&'static str> {
     let suffix = key.strip_prefix(name)?;
-    if !suffix.as_bytes().first().is_some_and(u8::is_ascii_uppercase) {
+    if !suffix
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_uppercase)
+    {
         return None;
     }
     let Some(type_def) = Model::r4().type_def(parent_type) else {
@@ -48,7 +52,7 @@ pub(crate) fn choice_child_type(parent_type: &str, name: &str, key: &str) -> Opt
     }
 }
 
-/// Whether a FHIR type code names a primitive type (`string`, `dateTime`, ...).
+/// Returns true when a FHIR type code names a primitive type (`string`, `dateTime`, ...).
 pub(crate) fn is_primitive(type_name: &str) -> bool {
     type_name
         .as_bytes()
@@ -61,7 +65,7 @@ pub(crate) fn is_scalar(value: &Value) -> bool {
     !matches!(value, Value::Object(_) | Value::Array(_))
 }
 
-/// Whether a name is an R4 resource type.
+/// Returns true when a name is a concrete R4 resource type.
 pub(crate) fn is_resource_type(name: &str) -> bool {
     Model::r4().is_resource_type(name)
 }
@@ -76,7 +80,8 @@ pub(crate) fn item_is_type(item: &Item<'_>, name: &str) -> bool {
                 return true;
             }
             let is_resource = value.get("resourceType").is_some();
-            is_resource && (name == "Resource" || (name == "DomainResource" && is_domain(type_name)))
+            is_resource
+                && (name == "Resource" || (name == "DomainResource" && is_domain(type_name)))
         }
         _ => false,
     }
@@ -123,7 +128,7 @@ fn primitive_specializes(type_name: &str, base: &str) -> bool {
     }
 }
 
-/// The FHIRPath system type that a FHIR primitive node converts to implicitly.
+/// Returns the FHIRPath system type that a FHIR primitive node converts to implicitly.
 fn system_type_of_node(value: &Value, type_name: &str) -> Option<&'static str> {
     if value.is_object() || value.is_array() {
         return None;

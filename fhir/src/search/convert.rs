@@ -11,7 +11,11 @@ use serde_json::Value;
 use std::str::FromStr;
 
 /// Converts one FHIRPath result to the index values of a parameter's kind.
-pub(super) fn convert(def: &SearchParamDef, item: &Item<'_>, out: &mut Vec<IndexValue>) -> Result<(), ExtractError> {
+pub(super) fn convert(
+    def: &SearchParamDef,
+    item: &Item<'_>,
+    out: &mut Vec<IndexValue>,
+) -> Result<(), ExtractError> {
     match def.kind {
         SearchParamType::String => strings(item, out),
         SearchParamType::Token => tokens(item, out),
@@ -155,7 +159,12 @@ fn tokens(item: &Item<'_>, out: &mut Vec<IndexValue>) {
         _ => {
             // CodeableConcept, and any other object shaped like one when the type is unknown.
             if let Some(codings) = map.get("coding").and_then(Value::as_array) {
-                out.extend(codings.iter().filter_map(Value::as_object).filter_map(coding_token));
+                out.extend(
+                    codings
+                        .iter()
+                        .filter_map(Value::as_object)
+                        .filter_map(coding_token),
+                );
             }
             if let Some(text) = text(map, "text") {
                 out.push(token(None, None, Some(text)));
@@ -182,7 +191,11 @@ fn push_date(range: DateRange, out: &mut Vec<IndexValue>) {
 }
 
 /// Date parameters: date, dateTime and instant strings, Period, and each Timing event.
-fn dates(def: &SearchParamDef, item: &Item<'_>, out: &mut Vec<IndexValue>) -> Result<(), ExtractError> {
+fn dates(
+    def: &SearchParamDef,
+    item: &Item<'_>,
+    out: &mut Vec<IndexValue>,
+) -> Result<(), ExtractError> {
     let Some(value) = item.value() else {
         if let Some(text) = item.as_str() {
             push_date(date_range(def, text)?, out);
@@ -202,10 +215,11 @@ fn dates(def: &SearchParamDef, item: &Item<'_>, out: &mut Vec<IndexValue>) -> Re
             let start = map.get("start").and_then(Value::as_str);
             let end = map.get("end").and_then(Value::as_str);
             if start.is_some() || end.is_some() {
-                let period = Period::parse(start, end).map_err(|source| ExtractError::InvalidDate {
-                    code: def.code.clone(),
-                    source,
-                })?;
+                let period =
+                    Period::parse(start, end).map_err(|source| ExtractError::InvalidDate {
+                        code: def.code.clone(),
+                        source,
+                    })?;
                 push_date(period.to_range(), out);
             }
         }
@@ -214,9 +228,9 @@ fn dates(def: &SearchParamDef, item: &Item<'_>, out: &mut Vec<IndexValue>) -> Re
     Ok(())
 }
 
-/// Parses a JSON or FHIRPath number with the range its written precision implies: half a unit
-/// of the last written digit on each side (`100` covers 99.5 to 100.5, `1.0` covers 0.95 to
-/// 1.05), as the FHIR search specification describes for number and quantity values.
+/// Returns the range that a decimal's written precision implies: half a unit of its last
+/// digit on each side. So `100` covers 99.5 to 100.5 and `1.0` covers 0.95 to 1.05, which is
+/// how the FHIR R4 search page reads the precision of number and quantity values.
 fn implicit_range(value: Decimal) -> (Decimal, Decimal) {
     let half = Decimal::new(5, value.scale() + 1);
     (value - half, value + half)
@@ -238,23 +252,45 @@ fn decimal_of(def: &SearchParamDef, value: &Value) -> Result<Option<Decimal>, Ex
     }
 }
 
-fn numbers(def: &SearchParamDef, item: &Item<'_>, out: &mut Vec<IndexValue>) -> Result<(), ExtractError> {
-    let value = match item {
-        Item::Node { value, .. } => decimal_of(def, value)?,
-        Item::Integer(i) => Some(Decimal::from(*i)),
-        Item::Decimal(d) => Some(*d),
-        _ => None,
+fn numbers(
+    def: &SearchParamDef,
+    item: &Item<'_>,
+    out: &mut Vec<IndexValue>,
+) -> Result<(), ExtractError> {
+    let (value, exact) = match item {
+        Item::Node {
+            value, type_name, ..
+        } => {
+            let integral = matches!(
+                type_name.as_ref(),
+                "integer" | "positiveInt" | "unsignedInt"
+            );
+            (decimal_of(def, value)?, integral)
+        }
+        Item::Integer(i) => (Some(Decimal::from(*i)), true),
+        Item::Decimal(d) => (Some(*d), false),
+        _ => (None, false),
     };
-    if let Some(value) = value {
-        let (low, high) = implicit_range(value);
-        out.push(IndexValue::Number { value, low, high });
-    }
+    let Some(value) = value else {
+        return Ok(());
+    };
+    // Integers are exact, so only decimals get the range of their written precision.
+    let (low, high) = if exact {
+        (value, value)
+    } else {
+        implicit_range(value)
+    };
+    out.push(IndexValue::Number { value, low, high });
     Ok(())
 }
 
 /// Quantity parameters: Quantity and its profiles (Age, Duration, Distance, Count), Money
 /// (currency as an ISO 4217 code) and Range (low and high values as the range).
-fn quantities(def: &SearchParamDef, item: &Item<'_>, out: &mut Vec<IndexValue>) -> Result<(), ExtractError> {
+fn quantities(
+    def: &SearchParamDef,
+    item: &Item<'_>,
+    out: &mut Vec<IndexValue>,
+) -> Result<(), ExtractError> {
     let Item::Node {
         value: Value::Object(map),
         type_name,
@@ -300,7 +336,12 @@ fn quantities(def: &SearchParamDef, item: &Item<'_>, out: &mut Vec<IndexValue>) 
         });
         return Ok(());
     }
-    let Some(value) = map.get("value").map(|v| decimal_of(def, v)).transpose()?.flatten() else {
+    let Some(value) = map
+        .get("value")
+        .map(|v| decimal_of(def, v))
+        .transpose()?
+        .flatten()
+    else {
         return Ok(());
     };
     let (low, high) = match map.get("comparator").and_then(Value::as_str) {
@@ -327,10 +368,27 @@ fn quantities(def: &SearchParamDef, item: &Item<'_>, out: &mut Vec<IndexValue>) 
     Ok(())
 }
 
-/// Reference parameters: Reference elements by their `reference`, and canonical or uri values.
+/// Reference parameters: Reference elements by their `reference`, canonical and uri values,
+/// Attachments by their `url`, and resources placed where a reference is expected.
 fn references(item: &Item<'_>, out: &mut Vec<IndexValue>) {
     let reference = match item.value() {
-        Some(Value::Object(map)) => map.get("reference").and_then(Value::as_str),
+        Some(Value::Object(map)) => {
+            if let (Some(resource_type), Some(id)) = (
+                map.get("resourceType").and_then(Value::as_str),
+                map.get("id").and_then(Value::as_str),
+            ) {
+                // A resource in place of a reference, as in Bundle's `composition` parameter.
+                out.push(IndexValue::Reference {
+                    target_type: Some(resource_type.to_string()),
+                    target_id: Some(id.to_string()),
+                    url: format!("{resource_type}/{id}"),
+                });
+                return;
+            }
+            map.get("reference")
+                .or_else(|| map.get("url"))
+                .and_then(Value::as_str)
+        }
         _ => item.as_str(),
     };
     let Some(reference) = reference.filter(|r| !r.is_empty()) else {

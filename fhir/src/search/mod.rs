@@ -84,7 +84,7 @@ impl SearchParamDef {
         self.compiled.as_ref()
     }
 
-    /// Whether [`extract`] produces index entries for this parameter.
+    /// Returns true when [`extract`] produces index entries for this parameter.
     pub fn is_indexed(&self) -> bool {
         self.compiled.is_some()
             && !matches!(
@@ -95,7 +95,7 @@ impl SearchParamDef {
     }
 }
 
-/// Why the embedded search parameter or compartment file could not be loaded.
+/// Error raised while loading the search parameter or compartment file.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("failed to decompress the search definitions: {0}")]
@@ -239,13 +239,15 @@ fn build_def(resource_type: &str, raw: RawParameter) -> Result<SearchParamDef, R
         kind: raw.kind.clone(),
     })?;
     let compiled = match &raw.expression {
-        Some(text) => Some(Expression::parse(text).map_err(|source| {
-            RegistryError::Expression {
-                resource_type: resource_type.to_string(),
-                code: raw.code.clone(),
-                source,
-            }
-        })?),
+        Some(text) => {
+            Some(
+                Expression::parse(text).map_err(|source| RegistryError::Expression {
+                    resource_type: resource_type.to_string(),
+                    code: raw.code.clone(),
+                    source,
+                })?,
+            )
+        }
         None => None,
     };
     Ok(SearchParamDef {
@@ -271,7 +273,10 @@ pub struct IndexEntry {
 pub enum IndexValue {
     /// A string, once as [`normalize_string`] output for the default (prefix, case- and
     /// accent-insensitive) match and once as written for `:exact`.
-    String { normalized: String, exact: String },
+    String {
+        normalized: String,
+        exact: String,
+    },
     Token {
         system: Option<String>,
         code: Option<String>,
@@ -282,7 +287,7 @@ pub enum IndexValue {
         low: DateTime<Utc>,
         high: DateTime<Utc>,
     },
-    /// A number with the range its significant digits imply.
+    /// A number with the range its written precision implies, exact for integer elements.
     Number {
         value: Decimal,
         low: Decimal,
@@ -296,31 +301,27 @@ pub enum IndexValue {
         code: Option<String>,
         unit: Option<String>,
     },
-    /// A reference. Relative `Type/id` references fill the type and id; absolute URLs,
+    /// A reference. Relative `Type/id` references fill the type and id. Absolute URLs,
     /// contained references and canonicals keep the URL only.
     Reference {
         target_type: Option<String>,
         target_id: Option<String>,
         url: String,
     },
-    Uri { value: String },
+    Uri {
+        value: String,
+    },
 }
 
-/// Why a resource could not be indexed.
+/// Error raised while extracting the index entries of a resource.
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error("the resource has no resourceType")]
     MissingResourceType,
     #[error("search parameter '{code}' could not be evaluated: {source}")]
-    Evaluation {
-        code: String,
-        source: FhirPathError,
-    },
+    Evaluation { code: String, source: FhirPathError },
     #[error("search parameter '{code}': {source}")]
-    InvalidDate {
-        code: String,
-        source: DateTimeError,
-    },
+    InvalidDate { code: String, source: DateTimeError },
     #[error("search parameter '{code}': invalid number '{value}'")]
     InvalidNumber { code: String, value: String },
 }
@@ -357,7 +358,7 @@ pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
                 code: def.code.as_str(),
                 value,
             };
-            // Entries of other parameters never compare equal, so only this one's are checked.
+            // Entries are grouped by parameter, so only this parameter's run at the end is searched.
             let duplicate = entries
                 .iter()
                 .rev()
@@ -400,4 +401,3 @@ pub fn normalize_string(s: &str) -> String {
     }
     out
 }
-

@@ -25,7 +25,8 @@ fn load_ndjson(resource_type: &str) -> Vec<Value> {
     let path = test_data()
         .join("synthea-r4-2019/ndjson")
         .join(format!("{resource_type}.ndjson.gz"));
-    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let file =
+        std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     std::io::BufReader::new(flate2::read::GzDecoder::new(file))
         .lines()
         .map(|line| {
@@ -102,7 +103,15 @@ fn registry_merges_inherited_params() {
     let registry = SearchParamRegistry::r4();
     let patient = registry.params_for("Patient");
     let codes: Vec<&str> = patient.iter().map(|p| p.code.as_str()).collect();
-    for code in ["_id", "_lastUpdated", "_tag", "_profile", "_text", "birthdate", "name"] {
+    for code in [
+        "_id",
+        "_lastUpdated",
+        "_tag",
+        "_profile",
+        "_text",
+        "birthdate",
+        "name",
+    ] {
         assert!(codes.contains(&code), "Patient lacks {code}");
     }
     let birthdate = registry.get("Patient", "birthdate");
@@ -115,11 +124,22 @@ fn registry_merges_inherited_params() {
     let targets = subject.map(|p| p.targets.clone()).unwrap_or_default();
     assert!(targets.contains(&"Patient".to_string()), "{targets:?}");
     let code = registry.get("Observation", "code");
-    assert_eq!(code.and_then(|p| p.expression.as_deref()), Some("Observation.code"));
+    assert_eq!(
+        code.and_then(|p| p.expression.as_deref()),
+        Some("Observation.code")
+    );
     assert!(registry.get("Patient", "no-such-param").is_none());
-    let bundle_codes: Vec<&str> = registry.params_for("Bundle").iter().map(|p| p.code.as_str()).collect();
+    let bundle_codes: Vec<&str> = registry
+        .params_for("Bundle")
+        .iter()
+        .map(|p| p.code.as_str())
+        .collect();
     assert!(!bundle_codes.contains(&"_text"));
-    assert!(registry.get("Observation", "combo-code-value-quantity").is_some_and(|p| !p.is_indexed()));
+    assert!(
+        registry
+            .get("Observation", "combo-code-value-quantity")
+            .is_some_and(|p| !p.is_indexed())
+    );
 }
 
 #[test]
@@ -128,7 +148,12 @@ fn registry_compiles_every_expression() {
     let mut with_expression = 0;
     for resource_type in registry.resource_types() {
         for def in registry.params_for(resource_type) {
-            assert_eq!(def.expression.is_some(), def.compiled().is_some(), "{resource_type}.{}", def.code);
+            assert_eq!(
+                def.expression.is_some(),
+                def.compiled().is_some(),
+                "{resource_type}.{}",
+                def.code
+            );
             with_expression += usize::from(def.expression.is_some());
         }
     }
@@ -146,7 +171,10 @@ fn compartment_lists_patient_links() {
 fn normalize_string_folds_accents() {
     assert_eq!(normalize_string("Ordóñez"), "ordonez");
     assert_eq!(normalize_string("  Miguel   Ángel \t"), "miguel angel");
-    assert_eq!(normalize_string("MÜLLER-Lüdenscheidt"), "muller-ludenscheidt");
+    assert_eq!(
+        normalize_string("MÜLLER-Lüdenscheidt"),
+        "muller-ludenscheidt"
+    );
     assert_eq!(normalize_string("ÇA"), "ca");
     assert_eq!(normalize_string(""), "");
     assert_eq!(normalize_string("   "), "");
@@ -181,11 +209,16 @@ fn patient_birthdate_and_names() {
         })
         .collect();
     for expected in ["mr.", "bernardo", "ordonez", "mr. bernardo ordonez"] {
-        assert!(normalized.contains(&expected), "{expected} missing from {normalized:?}");
+        assert!(
+            normalized.contains(&expected),
+            "{expected} missing from {normalized:?}"
+        );
     }
     let gender = entries_for(patient, "gender");
     assert_eq!(gender.len(), 1);
-    assert!(matches!(&gender[0], IndexValue::Token { code: Some(c), system: None, .. } if c == "male"));
+    assert!(
+        matches!(&gender[0], IndexValue::Token { code: Some(c), system: None, .. } if c == "male")
+    );
     let deceased = entries_for(patient, "deceased");
     assert_eq!(deceased.len(), 1);
     let identifiers = entries_for(patient, "identifier");
@@ -236,7 +269,9 @@ fn observation_code_value_subject() {
     let patient = reference("Patient", "768be7ac-743f-4c24-aa0f-fed5a3a38b6a");
     assert_eq!(entries_for(observation, "patient"), [patient]);
     let subject = entries_for(observation, "subject");
-    assert!(matches!(&subject[..], [IndexValue::Reference { target_id: Some(id), .. }] if id == "768be7ac-743f-4c24-aa0f-fed5a3a38b6a"));
+    assert!(
+        matches!(&subject[..], [IndexValue::Reference { target_id: Some(id), .. }] if id == "768be7ac-743f-4c24-aa0f-fed5a3a38b6a")
+    );
     let date = entries_for(observation, "date");
     assert_eq!(
         date,
@@ -280,7 +315,13 @@ fn encounter_date_from_period() {
         }]
     );
     let practitioner = entries_for(encounter, "practitioner");
-    assert_eq!(practitioner, [reference("Practitioner", "34ef92a2-f1a5-4324-b274-4ccf96f9f2d1")]);
+    assert_eq!(
+        practitioner,
+        [reference(
+            "Practitioner",
+            "34ef92a2-f1a5-4324-b274-4ccf96f9f2d1"
+        )]
+    );
     let class = entries_for(encounter, "class");
     assert!(matches!(&class[..], [IndexValue::Token { code: Some(c), .. }] if c == "AMB"));
 }
@@ -307,11 +348,18 @@ fn claim_immunization_medication() {
     let requests = load_ndjson("MedicationRequest");
     let request = find(&requests, "eb6dbaba-1a33-45d4-8be6-1d9141814431");
     let medication = entries_for(request, "medication");
-    assert!(medication.is_empty(), "medication is a reference parameter: {medication:?}");
+    assert!(
+        medication.is_empty(),
+        "medication is a reference parameter: {medication:?}"
+    );
     let code = entries_for(request, "code");
     assert_eq!(
         code[0],
-        token("http://www.nlm.nih.gov/research/umls/rxnorm", "316672", "Simvistatin 10 MG")
+        token(
+            "http://www.nlm.nih.gov/research/umls/rxnorm",
+            "316672",
+            "Simvistatin 10 MG"
+        )
     );
     let authored = entries_for(request, "authoredon");
     assert_eq!(authored.len(), 1);
@@ -337,7 +385,9 @@ fn extraction_of_handmade_values() {
         }]
     );
     let quantity = entries_for(&resource, "value-quantity");
-    assert!(matches!(&quantity[..], [IndexValue::Quantity { low, high, .. }] if *low == Decimal::MIN && *high == Decimal::from(100)));
+    assert!(
+        matches!(&quantity[..], [IndexValue::Quantity { low, high, .. }] if *low == Decimal::MIN && *high == Decimal::from(100))
+    );
     assert_eq!(
         entries_for(&resource, "subject"),
         [IndexValue::Reference {
@@ -368,13 +418,57 @@ fn extraction_of_handmade_values() {
 }
 
 #[test]
+fn integers_and_embedded_resources() {
+    let sequence = json!({"resourceType": "MolecularSequence", "coordinateSystem": 0,
+        "variant": [{"start": 128, "end": 129}]});
+    assert_eq!(
+        entries_for(&sequence, "variant-start"),
+        [IndexValue::Number {
+            value: Decimal::from(128),
+            low: Decimal::from(128),
+            high: Decimal::from(128),
+        }]
+    );
+    let bundle = json!({"resourceType": "Bundle", "type": "document",
+        "entry": [{"resource": {"resourceType": "Composition", "id": "c1"}}, {"resource": {"resourceType": "Patient", "id": "p1"}}]});
+    assert_eq!(
+        entries_for(&bundle, "composition"),
+        [reference("Composition", "c1")]
+    );
+    let timing = json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+        "subject": {"reference": "Patient/1"}, "medicationReference": {"reference": "Medication/m1"},
+        "dosageInstruction": [{"timing": {"event": ["2021-03-04", "2021-03-05T10:00:00Z"]}}]});
+    assert_eq!(
+        entries_for(&timing, "medication"),
+        [reference("Medication", "m1")]
+    );
+    assert!(entries_for(&timing, "code").is_empty());
+    assert_eq!(
+        entries_for(&timing, "date"),
+        [
+            IndexValue::Date {
+                low: instant("2021-03-04T00:00:00Z"),
+                high: instant("2021-03-04T23:59:59.999Z"),
+            },
+            IndexValue::Date {
+                low: instant("2021-03-05T10:00:00Z"),
+                high: instant("2021-03-05T10:00:00.999Z"),
+            },
+        ]
+    );
+}
+
+#[test]
 fn invalid_date_fails_extraction() {
     let resource = json!({"resourceType": "Patient", "birthDate": "1990-02-30"});
     let error = extract(&resource).err();
     let message = error.map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("birthdate"), "{message}");
     assert!(message.contains("1990-02-30"), "{message}");
-    assert!(matches!(extract(&json!({"id": "x"})), Err(ExtractError::MissingResourceType)));
+    assert!(matches!(
+        extract(&json!({"id": "x"})),
+        Err(ExtractError::MissingResourceType)
+    ));
 }
 
 #[test]
@@ -391,13 +485,21 @@ fn extraction_over_synthea_succeeds() {
     let mut entries = 0usize;
     let mut elapsed = Duration::ZERO;
     for path in &files {
-        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let resource_type = name.trim_end_matches(".ndjson.gz");
         for resource in load_ndjson(resource_type) {
             let started = Instant::now();
-            let extracted = extract(&resource).unwrap_or_else(|e| panic!("{resource_type}/{}: {e}", resource["id"]));
+            let extracted = extract(&resource)
+                .unwrap_or_else(|e| panic!("{resource_type}/{}: {e}", resource["id"]));
             elapsed += started.elapsed();
-            assert!(!extracted.is_empty(), "{resource_type}/{} yields no entries", resource["id"]);
+            assert!(
+                !extracted.is_empty(),
+                "{resource_type}/{} yields no entries",
+                resource["id"]
+            );
             resources += 1;
             entries += extracted.len();
         }
@@ -413,9 +515,22 @@ fn extraction_over_synthea_succeeds() {
 #[ignore = "benchmark, run on demand in release mode"]
 fn extraction_throughput() {
     let types = [
-        "AllergyIntolerance", "CarePlan", "Claim", "Condition", "DiagnosticReport", "Encounter",
-        "ExplanationOfBenefit", "Goal", "ImagingStudy", "Immunization", "MedicationRequest",
-        "Observation", "Organization", "Patient", "Practitioner", "Procedure",
+        "AllergyIntolerance",
+        "CarePlan",
+        "Claim",
+        "Condition",
+        "DiagnosticReport",
+        "Encounter",
+        "ExplanationOfBenefit",
+        "Goal",
+        "ImagingStudy",
+        "Immunization",
+        "MedicationRequest",
+        "Observation",
+        "Organization",
+        "Patient",
+        "Practitioner",
+        "Procedure",
     ];
     let resources: Vec<Value> = types.iter().flat_map(|t| load_ndjson(t)).collect();
     let rounds = 5;
@@ -429,5 +544,8 @@ fn extraction_throughput() {
     let elapsed = started.elapsed() / rounds;
     let entries = entries / rounds as usize;
     let rate = resources.len() as f64 / elapsed.as_secs_f64();
-    println!("{} resources, {entries} entries in {elapsed:?}: {rate:.0} resources/s", resources.len());
+    println!(
+        "{} resources, {entries} entries in {elapsed:?}: {rate:.0} resources/s",
+        resources.len()
+    );
 }

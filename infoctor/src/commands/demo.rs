@@ -22,7 +22,7 @@ pub struct DemoArgs {
     pub sample_data: PathBuf,
 }
 
-/// The sample-data folder of the source tree this binary was built from.
+/// Returns the sample-data folder of the source tree this binary was built from.
 fn default_sample_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sample-data")
 }
@@ -43,7 +43,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
             println!("created tenant {TENANT}");
         }
         println!("loading sample patients from {}", args.sample_data.display());
-        let report = load::load_with_bar(&opened.db, TENANT, &[args.sample_data.clone()], &LoadOptions::default()).await?;
+        let report = load::load_with_bar(&opened.db, TENANT, std::slice::from_ref(&args.sample_data), &LoadOptions::default()).await?;
         load::print_report(&report);
         serve::serve_until_signal(&opened.db, &args.listen, |address| {
             let base = format!("http://{address}/fhir/{TENANT}");

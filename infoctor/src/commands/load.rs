@@ -36,12 +36,14 @@ pub struct Bar {
 }
 
 impl Bar {
-    /// A bar drawn on standard error (hidden when it is not a terminal).
+    /// Creates a bar drawn on standard error (hidden when it is not a terminal).
     pub fn new() -> Bar {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} [{elapsed_precise}]")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {msg} [{elapsed_precise}]",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.enable_steady_tick(Duration::from_millis(250));
         Bar {
@@ -63,17 +65,25 @@ impl Progress for Bar {
     }
 
     fn advance(&self, resources: u64, bytes: u64) {
-        let total = self.resources.fetch_add(resources, std::sync::atomic::Ordering::Relaxed) + resources;
+        let total = self
+            .resources
+            .fetch_add(resources, std::sync::atomic::Ordering::Relaxed)
+            + resources;
         let seconds = self.started.elapsed().as_secs_f64().max(0.001);
         self.bar.inc(bytes);
-        self.bar
-            .set_message(format!("{total} resources, {:.0} resources/s", total as f64 / seconds));
+        self.bar.set_message(format!(
+            "{total} resources, {:.0} resources/s",
+            total as f64 / seconds
+        ));
     }
 }
 
 /// Prints the per-type summary table.
 pub fn print_report(report: &LoadReport) {
-    println!("{:<28} {:>9} {:>9} {:>9} {:>9}", "resource type", "created", "updated", "unchanged", "skipped");
+    println!(
+        "{:<28} {:>9} {:>9} {:>9} {:>9}",
+        "resource type", "created", "updated", "unchanged", "skipped"
+    );
     for (resource_type, counts) in &report.per_type {
         println!(
             "{:<28} {:>9} {:>9} {:>9} {:>9}",
@@ -91,7 +101,12 @@ pub fn print_report(report: &LoadReport) {
 }
 
 /// Loads paths into a tenant with a progress bar.
-pub async fn load_with_bar(db: &Database, tenant: &str, paths: &[PathBuf], options: &LoadOptions) -> anyhow::Result<LoadReport> {
+pub async fn load_with_bar(
+    db: &Database,
+    tenant: &str,
+    paths: &[PathBuf],
+    options: &LoadOptions,
+) -> anyhow::Result<LoadReport> {
     let bar = Bar::new();
     let result = load::load(db, tenant, paths, options, &bar).await;
     bar.finish();

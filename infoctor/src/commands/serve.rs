@@ -15,7 +15,11 @@ pub struct ServeArgs {
 }
 
 /// Serves until a shutdown signal arrives. `on_ready` runs once the socket listens.
-pub async fn serve_until_signal(db: &Database, args: &ListenArgs, on_ready: impl FnOnce(std::net::SocketAddr)) -> anyhow::Result<()> {
+pub async fn serve_until_signal(
+    db: &Database,
+    args: &ListenArgs,
+    on_ready: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
     let config = ApiConfig {
         max_body_bytes: args.max_body_bytes,
         public_url: args.public_url.clone(),
@@ -24,8 +28,15 @@ pub async fn serve_until_signal(db: &Database, args: &ListenArgs, on_ready: impl
     let router = api::router(db.clone(), config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("listening on {}; is another server using that port? choose one with --listen", args.listen))?;
-    let address = listener.local_addr().context("reading the listening address")?;
+        .with_context(|| {
+            format!(
+                "listening on {}; is another server using that port? choose one with --listen",
+                args.listen
+            )
+        })?;
+    let address = listener
+        .local_addr()
+        .context("reading the listening address")?;
     tracing::info!(%address, "server started");
     on_ready(address);
     axum::serve(listener, router)

@@ -21,7 +21,11 @@ pub async fn list(settings: &Settings) -> anyhow::Result<()> {
     let result = tenants::list(&opened.db).await;
     opened.close().await?;
     for tenant in result.context("listing tenants")? {
-        println!("{}\t{}", tenant.name, tenant.created_at.format("%Y-%m-%dT%H:%M:%SZ"));
+        println!(
+            "{}\t{}",
+            tenant.name,
+            tenant.created_at.format("%Y-%m-%dT%H:%M:%SZ")
+        );
     }
     Ok(())
 }

@@ -44,7 +44,15 @@ impl ServerSettings<'_> {
              max_replication_slots = 10\n\
              max_wal_senders = 10\n\
              max_slot_wal_keep_size = '{keep}'\n\
-             shared_buffers = '{buffers}'\n",
+             shared_buffers = '{buffers}'\n\
+             # Bulk loads write gigabytes of WAL; a larger WAL budget spaces\n\
+             # checkpoints out, so fewer index pages are logged in full, and\n\
+             # lz4 shrinks the full-page images that remain.\n\
+             max_wal_size = '8GB'\n\
+             wal_buffers = '64MB'\n\
+             checkpoint_timeout = '15min'\n\
+             wal_compression = lz4\n\
+             default_toast_compression = lz4\n",
             port = self.port,
             socket_dir = quote(self.socket_dir),
             keep = self.max_slot_wal_keep_size,

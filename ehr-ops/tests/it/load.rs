@@ -1,0 +1,565 @@
+//! The bulk loader on the Synthea data: exact counts per type, idempotent
+//! reloads, Bundle id and reference rewriting, and how a load stops on bad
+//! input and resumes after the file is fixed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use infoctor_ehr_ops::load::{LoadError, LoadOptions, LoadReport, NoProgress, load};
+use serde_json::Value;
+
+use crate::common::{TestServer, server, test_data};
+
+/// Per-type counts of the Synthea R4 export of 400 patients (124,034 resources).
+const SYNTHEA_R4_COUNTS: [(&str, i64); 16] = [
+    ("Patient", 400),
+    ("Encounter", 11_902),
+    ("Condition", 2_940),
+    ("Observation", 58_016),
+    ("MedicationRequest", 3_167),
+    ("AllergyIntolerance", 239),
+    ("Procedure", 9_266),
+    ("Immunization", 4_719),
+    ("Claim", 15_069),
+    ("ExplanationOfBenefit", 11_902),
+    ("DiagnosticReport", 4_086),
+    ("CarePlan", 1_169),
+    ("Goal", 737),
+    ("ImagingStudy", 230),
+    ("Organization", 96),
+    ("Practitioner", 96),
+];
+
+/// Per-type counts of the Synthea Bulk Data export of 10 patients, whose
+/// Observation and DiagnosticReport files are missing.
+const BULK_10_COUNTS: [(&str, i64); 13] = [
+    ("AllergyIntolerance", 11),
+    ("Condition", 555),
+    ("Device", 16),
+    ("DocumentReference", 1_215),
+    ("Encounter", 1_215),
+    ("Immunization", 161),
+    ("Location", 44),
+    ("MedicationRequest", 1_745),
+    ("Organization", 43),
+    ("Patient", 13),
+    ("Practitioner", 43),
+    ("PractitionerRole", 43),
+    ("Procedure", 2_056),
+];
+
+async fn api_count(server: &TestServer, tenant: &str, resource_type: &str) -> i64 {
+    let (status, body) = server
+        .get(tenant, &format!("{resource_type}?_summary=count"))
+        .await;
+    assert_eq!(status, 200, "count of {resource_type}: {body}");
+    body["total"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("count of {resource_type} has no total: {body}"))
+}
+
+async fn version_rows(server: &TestServer, tenant: &str) -> i64 {
+    let mut tx = server.db.begin_tenant(tenant).await.expect("begin");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM resource_versions")
+        .fetch_one(&mut *tx)
+        .await
+        .expect("count versions");
+    tx.commit().await.expect("commit");
+    count
+}
+
+fn created(report: &LoadReport, resource_type: &str) -> usize {
+    report
+        .per_type
+        .get(resource_type)
+        .map_or(0, |counts| counts.created)
+}
+
+fn sum(report: &LoadReport, field: fn(&infoctor_ehr_ops::load::TypeCounts) -> usize) -> usize {
+    report.per_type.values().map(field).sum()
+}
+
+/// Reads the first `n` lines of the Synthea Patient export.
+fn patient_lines(n: usize) -> Vec<String> {
+    let path = test_data().join("synthea-r4-2019/ndjson/Patient.ndjson.gz");
+    let file = std::fs::File::open(&path).expect("open Patient export");
+    BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .take(n)
+        .map(|line| line.expect("read line"))
+        .collect()
+}
+
+fn line_id(line: &str) -> String {
+    let value: Value = serde_json::from_str(line).expect("JSON line");
+    value["id"].as_str().expect("id").to_owned()
+}
+
+fn write_ndjson(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).expect("create file");
+    for line in lines {
+        writeln!(file, "{line}").expect("write line");
+    }
+    path
+}
+
+#[tokio::test]
+async fn synthea_export_loads_exact_counts() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let folder = test_data().join("synthea-r4-2019/ndjson");
+    let expected_total: i64 = SYNTHEA_R4_COUNTS.iter().map(|(_, n)| n).sum();
+    assert_eq!(expected_total, 124_034);
+
+    let report = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&folder),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("first load");
+    assert_eq!(report.files, 16);
+    assert_eq!(report.total() as i64, expected_total);
+    for (resource_type, expected) in SYNTHEA_R4_COUNTS {
+        assert_eq!(
+            created(&report, resource_type) as i64,
+            expected,
+            "{resource_type} created"
+        );
+        assert_eq!(
+            api_count(&server, &tenant, resource_type).await,
+            expected,
+            "{resource_type} stored"
+        );
+    }
+    assert_eq!(sum(&report, |c| c.updated), 0);
+    assert_eq!(version_rows(&server, &tenant).await, expected_total);
+
+    let again = load(
+        &server.db,
+        &tenant,
+        &[folder],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("second load");
+    assert_eq!(sum(&again, |c| c.created), 0, "reload created resources");
+    assert_eq!(sum(&again, |c| c.updated), 0, "reload updated resources");
+    assert_eq!(sum(&again, |c| c.unchanged) as i64, expected_total);
+    assert_eq!(
+        version_rows(&server, &tenant).await,
+        expected_total,
+        "reload added versions"
+    );
+    for (resource_type, expected) in SYNTHEA_R4_COUNTS {
+        assert_eq!(
+            api_count(&server, &tenant, resource_type).await,
+            expected,
+            "{resource_type} after reload"
+        );
+    }
+    let (status, body) = server.get(&tenant, "Patient/_history?_count=1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["total"], 400, "Patient history after reload: {body}");
+}
+
+/// Distinct `urn:uuid` fullUrls per type over all Synthea Bundles, and one
+/// Observation with the Patient fullUrl its subject names.
+fn bundle_expectations(
+    files: &[PathBuf],
+) -> (BTreeMap<String, BTreeSet<String>>, (String, String)) {
+    let mut per_type: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut sample = None;
+    for file in files {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(file).expect("open bundle"))
+            .read_to_string(&mut text)
+            .expect("read bundle");
+        let bundle: Value = serde_json::from_str(&text).expect("bundle JSON");
+        for entry in bundle["entry"].as_array().expect("entries") {
+            let resource_type = entry["resource"]["resourceType"]
+                .as_str()
+                .expect("type")
+                .to_owned();
+            let full_url = entry["fullUrl"].as_str().expect("fullUrl");
+            let id = full_url
+                .strip_prefix("urn:uuid:")
+                .expect("urn:uuid fullUrl")
+                .to_owned();
+            if sample.is_none() && resource_type == "Observation" {
+                let subject = entry["resource"]["subject"]["reference"]
+                    .as_str()
+                    .expect("subject");
+                let patient = subject
+                    .strip_prefix("urn:uuid:")
+                    .expect("urn:uuid subject")
+                    .to_owned();
+                sample = Some((id.clone(), patient));
+            }
+            per_type.entry(resource_type).or_default().insert(id);
+        }
+    }
+    (per_type, sample.expect("an Observation in the Bundles"))
+}
+
+#[tokio::test]
+async fn synthea_bundles_load_with_rewritten_references() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let folder = test_data().join("synthea-r4-2019/bundles");
+    let files =
+        infoctor_ehr_ops::load::collect_files(std::slice::from_ref(&folder)).expect("list bundles");
+    assert_eq!(files.len(), 25);
+    let (expected, (observation_id, patient_id)) = bundle_expectations(&files);
+
+    let report = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&folder),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("load bundles");
+    assert_eq!(report.files, 25);
+    for (resource_type, ids) in &expected {
+        assert_eq!(
+            api_count(&server, &tenant, resource_type).await,
+            ids.len() as i64,
+            "{resource_type} from the Bundles"
+        );
+    }
+    assert_eq!(
+        sum(&report, |c| c.created),
+        expected.values().map(BTreeSet::len).sum::<usize>()
+    );
+
+    let (status, observation) = server
+        .get(&tenant, &format!("Observation/{observation_id}"))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the urn:uuid fullUrl became the id: {observation}"
+    );
+    assert_eq!(observation["id"], observation_id.as_str());
+    assert_eq!(
+        observation["subject"]["reference"],
+        format!("Patient/{patient_id}")
+    );
+    let encounter = observation["encounter"]["reference"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        encounter.starts_with("Encounter/"),
+        "encounter reference not rewritten: {encounter}"
+    );
+    let (status, body) = server
+        .get(
+            &tenant,
+            &format!("Observation?subject=Patient/{patient_id}&_summary=count"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        body["total"].as_i64().unwrap_or(0) > 0,
+        "rewritten references are indexed: {body}"
+    );
+
+    // No stored resource keeps a urn:uuid reference.
+    let mut tx = server.db.begin_tenant(&tenant).await.expect("begin");
+    let leftover: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM resource_versions WHERE resource::text LIKE '%\"reference\": \"urn:uuid:%'")
+            .fetch_one(&mut *tx)
+            .await
+            .expect("count");
+    tx.commit().await.expect("commit");
+    assert_eq!(leftover, 0, "urn:uuid references left in stored resources");
+
+    let again = load(
+        &server.db,
+        &tenant,
+        &[folder],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("reload bundles");
+    assert_eq!(
+        sum(&again, |c| c.created) + sum(&again, |c| c.updated),
+        0,
+        "Bundle reload wrote versions"
+    );
+}
+
+#[tokio::test]
+async fn bulk_ten_export_loads_exact_counts() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let folder = test_data().join("synthea-bulk-10-2024/ndjson");
+    let report = load(
+        &server.db,
+        &tenant,
+        &[folder],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("load bulk export");
+    assert_eq!(report.files, 13, "log.ndjson is not data");
+    for (resource_type, expected) in BULK_10_COUNTS {
+        assert_eq!(
+            created(&report, resource_type) as i64,
+            expected,
+            "{resource_type} created"
+        );
+        assert_eq!(
+            api_count(&server, &tenant, resource_type).await,
+            expected,
+            "{resource_type} stored"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_line_stops_and_resumes() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut lines = patient_lines(9);
+    let good_line = lines[5].clone();
+    lines[5] = good_line[..good_line.len() / 2].to_owned();
+    let path = write_ndjson(dir.path(), "Patient.ndjson", &lines);
+    let options = LoadOptions {
+        batch_size: 2,
+        skip_invalid: false,
+    };
+
+    let err = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &options,
+        &NoProgress,
+    )
+    .await
+    .expect_err("a malformed line must stop the load");
+    let message = err.to_string();
+    assert!(matches!(err, LoadError::Invalid { .. }), "{message}");
+    assert!(
+        message.contains(&format!("{}:6", path.display())),
+        "no file and line in: {message}"
+    );
+    assert!(message.contains("malformed JSON"), "{message}");
+    // Lines 1 to 4 filled two batches of two, which committed before line 6.
+    assert_eq!(api_count(&server, &tenant, "Patient").await, 4);
+
+    // skip_invalid skips and counts resources that fail validation, but a
+    // malformed line still stops the load.
+    let skipped = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &LoadOptions {
+            batch_size: 2,
+            skip_invalid: true,
+        },
+        &NoProgress,
+    )
+    .await;
+    assert!(skipped.is_err(), "skip_invalid passed over malformed JSON");
+
+    lines[5] = good_line;
+    write_ndjson(dir.path(), "Patient.ndjson", &lines);
+    let report = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &options,
+        &NoProgress,
+    )
+    .await
+    .expect("load after the fix");
+    let counts = report.per_type["Patient"];
+    assert_eq!(counts.unchanged, 4);
+    assert_eq!(counts.created, 5);
+    assert_eq!(api_count(&server, &tenant, "Patient").await, 9);
+    assert_eq!(
+        version_rows(&server, &tenant).await,
+        9,
+        "the resumed load duplicated versions"
+    );
+}
+
+#[tokio::test]
+async fn skip_invalid_counts_skipped_resources() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut lines = patient_lines(6);
+    for index in [1, 4] {
+        let mut value: Value = serde_json::from_str(&lines[index]).expect("JSON line");
+        value["birthDate"] = Value::String("not a date".to_owned());
+        lines[index] = value.to_string();
+    }
+    let path = write_ndjson(dir.path(), "Patient.ndjson", &lines);
+
+    let err = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect_err("an invalid birthDate must stop the load");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{}:2", path.display())),
+        "no file and line in: {message}"
+    );
+    assert!(
+        message.contains("birthDate"),
+        "the message does not name the element: {message}"
+    );
+
+    let options = LoadOptions {
+        batch_size: 1000,
+        skip_invalid: true,
+    };
+    let report = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &options,
+        &NoProgress,
+    )
+    .await
+    .expect("load skipping invalid resources");
+    let counts = report.per_type["Patient"];
+    assert_eq!(counts.skipped, 2);
+    assert_eq!(counts.created, 4);
+    assert_eq!(api_count(&server, &tenant, "Patient").await, 4);
+    let (status, _) = server
+        .get(&tenant, &format!("Patient/{}", line_id(&lines[1])))
+        .await;
+    assert_eq!(status, 404, "a skipped resource was stored");
+}
+
+#[tokio::test]
+async fn resource_without_id_is_rejected() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut lines = patient_lines(3);
+    let mut value: Value = serde_json::from_str(&lines[2]).expect("JSON line");
+    value.as_object_mut().expect("object").remove("id");
+    lines[2] = value.to_string();
+    let path = write_ndjson(dir.path(), "Patient.ndjson", &lines);
+
+    let err = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect_err("a resource without id must stop the load");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{}:3", path.display())),
+        "no file and line in: {message}"
+    );
+    assert!(
+        message.contains("Patient without id"),
+        "unclear message: {message}"
+    );
+    assert_eq!(
+        api_count(&server, &tenant, "Patient").await,
+        0,
+        "a partial batch was committed"
+    );
+}
+
+#[tokio::test]
+async fn changed_resource_adds_one_version() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut lines = patient_lines(50);
+    let path = write_ndjson(dir.path(), "Patient.ndjson.gz", &[]);
+    let write_gzip = |lines: &[String]| {
+        let file = std::fs::File::create(&path).expect("create file");
+        let mut encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        for line in lines {
+            writeln!(encoder, "{line}").expect("write line");
+        }
+        encoder.finish().expect("finish gzip");
+    };
+    write_gzip(&lines);
+    let first = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("first load");
+    assert_eq!(first.per_type["Patient"].created, 50);
+
+    let mut value: Value = serde_json::from_str(&lines[9]).expect("JSON line");
+    let changed_id = line_id(&lines[9]);
+    value["gender"] = Value::String(
+        if value["gender"] == "male" {
+            "female"
+        } else {
+            "male"
+        }
+        .to_owned(),
+    );
+    lines[9] = value.to_string();
+    write_gzip(&lines);
+    let second = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("second load");
+    let counts = second.per_type["Patient"];
+    assert_eq!(counts.updated, 1);
+    assert_eq!(counts.unchanged, 49);
+    assert_eq!(counts.created, 0);
+    assert_eq!(version_rows(&server, &tenant).await, 51);
+
+    let (status, body) = server.get(&tenant, &format!("Patient/{changed_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["meta"]["versionId"], "2");
+    assert_eq!(body["gender"], value["gender"]);
+    let (_, history) = server
+        .get(&tenant, &format!("Patient/{changed_id}/_history"))
+        .await;
+    assert_eq!(
+        history["total"], 2,
+        "history of the changed patient: {history}"
+    );
+    let gender = value["gender"].as_str().expect("gender");
+    let (_, found) = server
+        .get(
+            &tenant,
+            &format!("Patient?_id={changed_id}&gender={gender}"),
+        )
+        .await;
+    assert_eq!(
+        found["total"], 1,
+        "the index follows the new version: {found}"
+    );
+}
