@@ -273,11 +273,6 @@ async fn run() {
         again.total(),
         again.total() as f64 / reload_seconds
     );
-
-    sqlx::query("ANALYZE")
-        .execute(db.admin_pool())
-        .await
-        .expect("analyze");
     let router = api::router(db.clone(), ApiConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -326,10 +321,6 @@ async fn run() {
             .await
             .expect("json");
         println!("observations now: {}", total["total"]);
-        sqlx::query("ANALYZE")
-            .execute(db.admin_pool())
-            .await
-            .expect("analyze");
         measure(&client, &base, &inputs, &format!("{}x", copies + 1)).await;
         let _ = std::fs::remove_dir_all(&copy_dir);
     }

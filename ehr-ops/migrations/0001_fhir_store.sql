@@ -41,7 +41,9 @@ CREATE TABLE resources (
     last_updated   timestamptz NOT NULL,
     deleted        boolean NOT NULL DEFAULT false,
     content_hash   bytea,
-    PRIMARY KEY (tenant, resource_type, id)
+    -- `deleted` rides in the key index so the check that a matched resource
+    -- is live is an index-only lookup.
+    PRIMARY KEY (tenant, resource_type, id) INCLUDE (deleted)
 );
 CREATE INDEX resources_last_updated
     ON resources (tenant, resource_type, last_updated, id);
@@ -56,7 +58,9 @@ CREATE TABLE idx_string (
     value_norm     text COLLATE "C" NOT NULL,
     value_exact    text COLLATE "C" NOT NULL
 );
-CREATE INDEX idx_string_lookup ON idx_string (tenant, resource_type, code, value_norm);
+-- Lookup indexes carry the resource id (INCLUDE) so searches are answered by
+-- index-only scans once VACUUM has marked the pages all-visible.
+CREATE INDEX idx_string_lookup ON idx_string (tenant, resource_type, code, value_norm) INCLUDE (id);
 CREATE INDEX idx_string_exact ON idx_string (tenant, resource_type, code, value_exact);
 CREATE INDEX idx_string_trgm ON idx_string USING gin (value_norm gin_trgm_ops);
 CREATE INDEX idx_string_resource ON idx_string (tenant, resource_type, id);
@@ -69,7 +73,7 @@ CREATE TABLE idx_token (
     system         text COLLATE "C",
     value          text COLLATE "C"
 );
-CREATE INDEX idx_token_lookup ON idx_token (tenant, resource_type, code, value, system);
+CREATE INDEX idx_token_lookup ON idx_token (tenant, resource_type, code, value, system) INCLUDE (id);
 CREATE INDEX idx_token_resource ON idx_token (tenant, resource_type, id);
 
 CREATE TABLE idx_date (
@@ -84,7 +88,7 @@ CREATE TABLE idx_date (
 -- over the stored range answers overlap and containment from both ends at
 -- once, where B-tree indexes on low and high could only bound one end.
 CREATE INDEX idx_date_range ON idx_date
-    USING gist (tenant, resource_type, code, tstzrange(low, high, '[]'));
+    USING gist (tenant, resource_type, code, tstzrange(low, high, '[]')) INCLUDE (id);
 CREATE INDEX idx_date_resource ON idx_date (tenant, resource_type, id);
 
 CREATE TABLE idx_number (
@@ -96,7 +100,7 @@ CREATE TABLE idx_number (
     low            numeric NOT NULL,
     high           numeric NOT NULL
 );
-CREATE INDEX idx_number_lookup ON idx_number (tenant, resource_type, code, value);
+CREATE INDEX idx_number_lookup ON idx_number (tenant, resource_type, code, value) INCLUDE (id);
 CREATE INDEX idx_number_resource ON idx_number (tenant, resource_type, id);
 
 CREATE TABLE idx_quantity (
@@ -111,8 +115,8 @@ CREATE TABLE idx_quantity (
     unit_code      text COLLATE "C",
     unit           text COLLATE "C"
 );
-CREATE INDEX idx_quantity_lookup ON idx_quantity (tenant, resource_type, code, value);
-CREATE INDEX idx_quantity_resource ON idx_quantity (tenant, resource_type, id);
+CREATE INDEX idx_quantity_lookup ON idx_quantity (tenant, resource_type, code, value) INCLUDE (id);
+CREATE INDEX idx_quantity_resource ON idx_quantity (tenant, resource_type, id) INCLUDE (code, value);
 
 CREATE TABLE idx_reference (
     tenant         text COLLATE "C" NOT NULL,
@@ -130,7 +134,7 @@ CREATE TABLE idx_reference (
 -- filters on target_id, resource_type and code) and reverse lookups
 -- (`_revinclude`, `$everything` and chains filter on target_id and type).
 CREATE INDEX idx_reference_target
-    ON idx_reference (tenant, target_id, target_type, resource_type, code);
+    ON idx_reference (tenant, target_id, target_type, resource_type, code) INCLUDE (id);
 -- Absolute URLs that name no local Type/id are the only ones searched by text.
 CREATE INDEX idx_reference_url ON idx_reference (tenant, url) WHERE target_id IS NULL;
 CREATE INDEX idx_reference_resource ON idx_reference (tenant, resource_type, id);
@@ -142,7 +146,7 @@ CREATE TABLE idx_uri (
     code           text COLLATE "C" NOT NULL,
     value          text COLLATE "C" NOT NULL
 );
-CREATE INDEX idx_uri_lookup ON idx_uri (tenant, resource_type, code, value);
+CREATE INDEX idx_uri_lookup ON idx_uri (tenant, resource_type, code, value) INCLUDE (id);
 CREATE INDEX idx_uri_resource ON idx_uri (tenant, resource_type, id);
 
 -- Row-level security on every table, forced on the owner too.

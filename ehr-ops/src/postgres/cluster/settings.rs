@@ -52,6 +52,10 @@ impl ServerSettings<'_> {
              wal_buffers = '64MB'\n\
              checkpoint_timeout = '15min'\n\
              wal_compression = lz4\n\
+             # Costs for solid-state storage, where random reads cost little\n\
+             # more than sequential ones; the stock values assume disks.\n\
+             random_page_cost = 1.1\n\
+             effective_cache_size = '4GB'\n\
              default_toast_compression = lz4\n",
             port = self.port,
             socket_dir = quote(self.socket_dir),
