@@ -14,7 +14,7 @@ pub type FhirResult<T> = Result<T, FhirError>;
 #[derive(Debug, thiserror::Error)]
 pub enum FhirError {
     /// The tenant in the URL does not exist (or is invisible to this request).
-    #[error("unknown tenant '{0}'; create it with `infoctor tenant create {0}`")]
+    #[error("{}", unknown_tenant_message(.0))]
     UnknownTenant(String),
     /// The resource type in the URL is not an R4 resource type.
     #[error("unknown resource type '{0}'; expected an R4 resource type such as Patient")]
@@ -73,8 +73,16 @@ pub enum FhirError {
         limit_bytes: usize,
     },
     /// The content type is not FHIR JSON.
-    #[error("unsupported content type '{0}'; send application/fhir+json or application/json")]
-    UnsupportedMediaType(String),
+    #[error("unsupported content type '{found}'; send {expected}")]
+    UnsupportedMediaType {
+        /// The Content-Type received.
+        found: String,
+        /// The media types the interaction takes.
+        expected: &'static str,
+    },
+    /// No route matches the request path.
+    #[error("{0}")]
+    NoRoute(String),
     /// A feature the server deliberately does not implement.
     #[error("{0}")]
     NotSupported(String),
@@ -84,6 +92,16 @@ pub enum FhirError {
     /// Another internal failure; the detail stays in the server log.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn unknown_tenant_message(name: &str) -> String {
+    if crate::tenants::is_valid_name(name) {
+        format!("unknown tenant '{name}'; create it with `infoctor tenant create {name}`")
+    } else {
+        format!(
+            "unknown tenant '{name}': tenant names are 1 to 63 lowercase letters, digits, '-' or '_'"
+        )
+    }
 }
 
 fn summarize(issues: &[Issue]) -> String {
@@ -108,6 +126,7 @@ impl FhirError {
     pub fn status(&self) -> StatusCode {
         match self {
             FhirError::UnknownTenant(_)
+            | FhirError::NoRoute(_)
             | FhirError::UnknownResourceType(_)
             | FhirError::NotFound { .. }
             | FhirError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
@@ -118,7 +137,7 @@ impl FhirError {
                 StatusCode::PRECONDITION_FAILED
             }
             FhirError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            FhirError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            FhirError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             FhirError::NotSupported(_) => StatusCode::NOT_IMPLEMENTED,
             FhirError::Database(_) | FhirError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -129,6 +148,7 @@ impl FhirError {
         let (code, text) = match self {
             FhirError::Invalid(issues) => return issues.clone(),
             FhirError::UnknownTenant(_)
+            | FhirError::NoRoute(_)
             | FhirError::NotFound { .. }
             | FhirError::VersionNotFound { .. } => ("not-found", self.to_string()),
             FhirError::UnknownResourceType(_) => ("not-supported", self.to_string()),
@@ -138,7 +158,7 @@ impl FhirError {
             }
             FhirError::MultipleMatches { .. } => ("multiple-matches", self.to_string()),
             FhirError::PayloadTooLarge { .. } => ("too-long", self.to_string()),
-            FhirError::UnsupportedMediaType(_) | FhirError::NotSupported(_) => {
+            FhirError::UnsupportedMediaType { .. } | FhirError::NotSupported(_) => {
                 ("not-supported", self.to_string())
             }
             FhirError::Database(_) | FhirError::Internal(_) => (

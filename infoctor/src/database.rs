@@ -43,12 +43,13 @@ pub struct Opened {
 }
 
 impl Opened {
-    /// Closes the pools and stops the private cluster if this command started it.
+    /// Closes the pools and stops the private cluster unless another
+    /// command (a server, a load) is still connected to it.
     pub async fn close(self) -> anyhow::Result<()> {
         self.db.close().await;
         if let Some(cluster) = self.cluster {
             cluster
-                .stop()
+                .stop_if_unused()
                 .await
                 .context("stopping the private PostgreSQL cluster")?;
         }
@@ -76,8 +77,10 @@ pub async fn open(settings: &Settings, max_connections: u32) -> anyhow::Result<O
     let db = match Database::connect(&config).await {
         Ok(db) => db,
         Err(err) => {
-            if let Some(cluster) = cluster {
-                let _ = cluster.stop().await;
+            if let Some(cluster) = cluster
+                && let Err(stop_error) = cluster.stop_if_unused().await
+            {
+                tracing::warn!(error = %stop_error, "failed to stop the private PostgreSQL cluster");
             }
             return Err(err).context("opening the Infoctor database");
         }

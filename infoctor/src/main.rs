@@ -37,7 +37,12 @@ struct Cli {
 
     /// Log filter in tracing's EnvFilter syntax, for example `info` or
     /// `infoctor_ehr_ops=debug`.
-    #[arg(long, global = true, env = "INFOCTOR_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "INFOCTOR_LOG",
+        default_value = "info,sqlx::postgres::notice=warn"
+    )]
     log: String,
 
     /// Log format.

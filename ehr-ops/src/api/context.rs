@@ -52,8 +52,22 @@ impl FromRequestParts<AppState> for Ctx {
         let origin = match &state.config.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => {
-                let host = header(parts, "host").unwrap_or("localhost");
-                let scheme = header(parts, "x-forwarded-proto").unwrap_or("http");
+                // The Host header ends up in every link; anything but a
+                // plain host[:port] falls back to localhost.
+                let host = header(parts, "host")
+                    .filter(|host| {
+                        !host.is_empty()
+                            && host.len() <= 255
+                            && host.bytes().all(|b| {
+                                b.is_ascii_alphanumeric()
+                                    || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                            })
+                    })
+                    .unwrap_or("localhost");
+                let scheme = match header(parts, "x-forwarded-proto") {
+                    Some("https") => "https",
+                    _ => "http",
+                };
                 format!("{scheme}://{host}")
             }
         };

@@ -57,10 +57,46 @@ pub(super) fn routes() -> Router<AppState> {
             "/fhir/{tenant}/{resource_type}/{id}/{operation}",
             get(instance_operation),
         )
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
 }
 
-async fn health() -> &'static str {
-    "ok"
+/// Reports 200 when the database answers, 503 otherwise.
+async fn health(State(state): State<AppState>) -> Response {
+    match sqlx::query("SELECT 1").execute(state.db.app_pool()).await {
+        Ok(_) => (StatusCode::OK, "ok").into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "health check failed: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+        }
+    }
+}
+
+/// Answers unknown paths with a FHIR 404.
+async fn no_route(method: Method, uri: http::Uri) -> Response {
+    ErrorResponse {
+        error: FhirError::NoRoute(format!(
+            "no route for {method} {}; FHIR endpoints live under /fhir/{{tenant}}/",
+            uri.path()
+        )),
+        request_id: String::new(),
+    }
+    .into_response()
+}
+
+/// Answers a method the route does not support with a FHIR 405.
+async fn method_not_allowed(method: Method, uri: http::Uri) -> Response {
+    let outcome =
+        infoctor_fhir::outcome::operation_outcome(&[infoctor_fhir::outcome::Issue::error(
+            "not-supported",
+            format!("method {method} is not allowed on {}", uri.path()),
+        )]);
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(http::header::CONTENT_TYPE, super::render::FHIR_JSON)],
+        serde_json::to_vec(&outcome).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 /// Opens the tenant's transaction and fails with 404 for an unknown tenant.
@@ -119,6 +155,14 @@ fn preference(headers: &HeaderMap) -> ReturnPreference {
     ReturnPreference::from_prefer(header(headers, "prefer"))
 }
 
+fn expected_media(patch: bool) -> &'static str {
+    if patch {
+        "application/json-patch+json (a JSON Patch document)"
+    } else {
+        "application/fhir+json or application/json"
+    }
+}
+
 /// Reads a JSON body, mapping size and media-type failures to FHIR errors.
 fn json_body(
     state: &AppState,
@@ -142,12 +186,16 @@ fn json_body(
             )
         };
         if !accepted {
-            return Err(FhirError::UnsupportedMediaType(content_type.to_owned()));
+            return Err(FhirError::UnsupportedMediaType {
+                found: content_type.to_owned(),
+                expected: expected_media(patch),
+            });
         }
     } else if patch {
-        return Err(FhirError::UnsupportedMediaType(
-            "(none); a patch needs Content-Type application/json-patch+json".to_owned(),
-        ));
+        return Err(FhirError::UnsupportedMediaType {
+            found: "(none)".to_owned(),
+            expected: expected_media(patch),
+        });
     }
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {

@@ -209,6 +209,7 @@ async fn transaction(
     mut requests: Vec<Request>,
     preference: ReturnPreference,
 ) -> FhirResult<FhirResponse> {
+    check_transaction_entries(&requests)?;
     let mut tx = db.begin_tenant(&call.context.tenant).await?;
     let mut references: HashMap<String, String> = HashMap::new();
 
@@ -249,6 +250,41 @@ async fn transaction(
         response.entry.push(response_entry(call, outcome));
     }
     response.into_response()
+}
+
+/// Rejects what R4 forbids in a transaction: two entries with one
+/// `fullUrl`, and two entries writing the same resource.
+fn check_transaction_entries(requests: &[Request]) -> FhirResult<()> {
+    let mut full_urls: HashMap<&str, usize> = HashMap::new();
+    let mut targets: HashMap<&str, usize> = HashMap::new();
+    for request in requests {
+        if let Some(full_url) = request.full_url.as_deref()
+            && let Some(first) = full_urls.insert(full_url, request.index)
+        {
+            return Err(entry_error(
+                request.index,
+                format!(
+                    "entries {first} and {} share the fullUrl '{full_url}'; give each entry its own",
+                    request.index
+                ),
+            ));
+        }
+        let writes_instance =
+            matches!(request.method, Method::Put | Method::Patch | Method::Delete)
+                && request.query.is_none()
+                && request.path.split('/').filter(|s| !s.is_empty()).count() == 2;
+        if writes_instance && let Some(first) = targets.insert(request.path.as_str(), request.index)
+        {
+            return Err(entry_error(
+                request.index,
+                format!(
+                    "entries {first} and {} both change {}; a transaction may change a resource once",
+                    request.index, request.path
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Adds the entry's position to an error's issues.
@@ -364,6 +400,15 @@ async fn rewrite_references(
                     {
                         if let Some(target) = references.get(reference.as_str()) {
                             *reference = target.clone();
+                        } else if reference.starts_with("urn:uuid:")
+                            || reference.starts_with("urn:oid:")
+                        {
+                            return Err(entry_error(
+                                index,
+                                format!(
+                                    "reference '{reference}' names no entry of this Bundle; add the entry or use Type/id"
+                                ),
+                            ));
                         } else if is_conditional_reference(reference) {
                             let target = match conditional_cache.get(reference.as_str()) {
                                 Some(target) => target.clone(),

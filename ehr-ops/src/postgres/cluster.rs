@@ -338,6 +338,37 @@ impl RunningCluster {
         &self.layout.log_file
     }
 
+    /// Stops the server, whoever started it, unless another process is
+    /// connected to it; returns whether it stopped. Commands call this on
+    /// exit, so the last one out stops the cluster and none pulls it from
+    /// under a server that attached later.
+    pub async fn stop_if_unused(mut self) -> Result<bool, ClusterError> {
+        let others = {
+            let _lock = StartLock::acquire(&self.layout.lock_file, self.timeout).await?;
+            other_clients(&self.admin_url()).await
+        };
+        match others {
+            Ok(0) => {
+                self.owned = true;
+                self.stop().await?;
+                Ok(true)
+            }
+            Ok(count) => {
+                tracing::info!(
+                    pgdata = %self.layout.pgdata.display(),
+                    pid = self.pid,
+                    other_clients = count,
+                    "left private postgresql cluster running for other clients"
+                );
+                Ok(false)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot count clients of the private postgresql cluster; leaving it running");
+                Ok(false)
+            }
+        }
+    }
+
     /// Stops the server with a fast shutdown (`pg_ctl stop -m fast`) when
     /// this process owns it. An attached cluster keeps running.
     pub async fn stop(self) -> Result<(), ClusterError> {
@@ -753,4 +784,18 @@ fn combined_output(output: &std::process::Output) -> String {
         let _ = write!(text, "{stderr}");
     }
     text
+}
+
+/// Counts client connections other than the one asking.
+async fn other_clients(url: &str) -> Result<i64, sqlx::Error> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    let count: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut connection)
+    .await?;
+    connection.close().await?;
+    Ok(count)
 }

@@ -52,6 +52,9 @@ pub(super) async fn grant_app_role(admin: &PgPool) -> Result<(), DatabaseError> 
         format!("GRANT CONNECT ON DATABASE \"{database}\" TO {APP_ROLE}"),
         format!("GRANT USAGE ON SCHEMA public TO {APP_ROLE}"),
         format!("GRANT SELECT ON tenants TO {APP_ROLE}"),
+        // A runaway query (a pathological search) cannot hold a connection
+        // for longer than this; PostgreSQL cancels it and the client gets an error.
+        format!("ALTER ROLE {APP_ROLE} SET statement_timeout = '60s'"),
         format!(
             "GRANT SELECT, INSERT, UPDATE, DELETE ON resource_versions, resources, idx_string, \
              idx_token, idx_date, idx_number, idx_quantity, idx_reference, idx_uri TO {APP_ROLE}"

@@ -174,7 +174,22 @@ pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirRes
     qb.push(" LIMIT ");
     qb.push_bind(request.count + 1);
 
-    let rows: Vec<sqlx::postgres::PgRow> = qb.build().fetch_all(&mut *conn).await?;
+    let rows: Vec<sqlx::postgres::PgRow> = qb.build().fetch_all(&mut *conn).await.map_err(|err| {
+        // Cursor values are cast to their sort column's type; a tampered or
+        // foreign cursor fails that cast (SQLSTATE class 22, data exception).
+        let data_exception = err
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| code.starts_with("22"));
+        if data_exception && cursor.is_some() {
+            FhirError::invalid(
+                "invalid _cursor: it does not belong to this search; start again from the first page".to_owned(),
+                Some("_cursor"),
+            )
+        } else {
+            FhirError::Database(err)
+        }
+    })?;
     let mut keys: Vec<(String, Vec<String>)> = Vec::with_capacity(rows.len());
     for row in &rows {
         use sqlx::Row;

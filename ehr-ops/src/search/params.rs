@@ -17,6 +17,12 @@ pub const DEFAULT_COUNT: i64 = 20;
 /// Largest page size a client may ask for.
 pub const MAX_COUNT: i64 = 1000;
 
+/// Most filters one search may carry. Every filter is a subquery, and
+/// hundreds of them make planning alone take seconds.
+pub const MAX_FILTERS: usize = 30;
+/// Most comma-separated values one parameter may carry.
+pub const MAX_VALUES: usize = 100;
+
 /// Comparison prefixes of date, number and quantity parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefix {
@@ -288,9 +294,19 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> FhirResult<Sear
                 continue;
             }
             "_format" | "_pretty" => continue,
-            _ => request
-                .filters
-                .push(parse_filter(resource_type, name, value)?),
+            _ => {
+                if request.filters.len() == MAX_FILTERS {
+                    return Err(invalid(
+                        format!(
+                            "more than {MAX_FILTERS} search parameters; narrow the search or split it"
+                        ),
+                        name,
+                    ));
+                }
+                request
+                    .filters
+                    .push(parse_filter(resource_type, name, value)?);
+            }
         }
         request.defining_pairs.push((name.clone(), value.clone()));
     }
@@ -444,6 +460,15 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
     if values.is_empty() {
         return Err(invalid(
             format!("empty value for search parameter '{name}'"),
+            name,
+        ));
+    }
+    if values.len() > MAX_VALUES {
+        return Err(invalid(
+            format!(
+                "{} values for '{name}'; send at most {MAX_VALUES}",
+                values.len()
+            ),
             name,
         ));
     }

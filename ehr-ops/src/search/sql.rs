@@ -9,6 +9,12 @@ use infoctor_fhir::search::SearchParamType;
 use sqlx::{Postgres, QueryBuilder};
 
 use super::params::{Filter, Modifier, Prefix, SearchValue};
+use crate::store::index::truncate_indexed;
+
+/// Cuts a search value the way index rows are cut, so long values still match.
+fn cut(text: &str) -> String {
+    truncate_indexed(text).to_owned()
+}
 
 /// Appends `AND <filter>` conditions for `alias` (a `resources` row).
 ///
@@ -367,22 +373,22 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
         SearchValue::String { normalized, exact } => match modifier {
             Modifier::Exact => {
                 qb.push("i.value_exact = ");
-                qb.push_bind(exact.clone());
+                qb.push_bind(cut(exact));
             }
             Modifier::Contains => {
                 qb.push("i.value_norm LIKE ");
-                qb.push_bind(format!("%{}%", like_escape(normalized)));
+                qb.push_bind(format!("%{}%", like_escape(&cut(normalized))));
             }
             _ => {
                 qb.push("i.value_norm LIKE ");
-                qb.push_bind(format!("{}%", like_escape(normalized)));
+                qb.push_bind(format!("{}%", like_escape(&cut(normalized))));
             }
         },
         SearchValue::Token { system, code } => {
             let mut first = true;
             if let Some(code) = code {
                 qb.push("i.value = ");
-                qb.push_bind(code.clone());
+                qb.push_bind(cut(code));
                 first = false;
             }
             match system {
@@ -398,7 +404,7 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
                         qb.push(" AND ");
                     }
                     qb.push("i.system = ");
-                    qb.push_bind(system.clone());
+                    qb.push_bind(cut(system));
                 }
             }
         }
@@ -437,7 +443,7 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
                 }
                 None => {
                     qb.push("i.url = ");
-                    qb.push_bind(url.clone());
+                    qb.push_bind(cut(url));
                 }
             }
             if let Modifier::Type(target) = modifier {
@@ -447,7 +453,7 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
         }
         SearchValue::Uri(uri) => {
             qb.push("i.value = ");
-            qb.push_bind(uri.clone());
+            qb.push_bind(cut(uri));
         }
     }
 }

@@ -34,23 +34,51 @@ pub struct BatchCounts {
     pub unchanged: usize,
 }
 
-/// Writes a batch of prepared resources. When a key occurs twice in the
-/// batch, the later occurrence wins.
+/// Writes a batch of prepared resources.
 pub async fn write_batch(
     conn: &mut PgConnection,
     batch: Vec<PreparedResource>,
 ) -> FhirResult<BatchCounts> {
-    let mut counts = BatchCounts::default();
-    let mut latest: HashMap<(String, String), PreparedResource> =
-        HashMap::with_capacity(batch.len());
-    let total = batch.len();
+    // A key that occurs several times is written once per occurrence, in
+    // order, as if the batch had been cut before each repeat; so a batch
+    // gives the same versions whatever the batch size.
+    let mut rounds: Vec<Vec<PreparedResource>> = Vec::new();
+    let mut seen: HashMap<(String, String), usize> = HashMap::with_capacity(batch.len());
     for prepared in batch {
-        latest.insert(
-            (prepared.resource_type.clone(), prepared.id.clone()),
-            prepared,
-        );
+        let occurrence = seen
+            .entry((prepared.resource_type.clone(), prepared.id.clone()))
+            .or_insert(0);
+        if rounds.len() <= *occurrence {
+            rounds.push(Vec::new());
+        }
+        rounds[*occurrence].push(prepared);
+        *occurrence += 1;
     }
-    counts.unchanged += total - latest.len();
+    let mut counts = BatchCounts::default();
+    for round in rounds {
+        let round_counts = write_unique(conn, round).await?;
+        counts.created += round_counts.created;
+        counts.updated += round_counts.updated;
+        counts.unchanged += round_counts.unchanged;
+    }
+    Ok(counts)
+}
+
+/// Writes a batch in which every key occurs once.
+async fn write_unique(
+    conn: &mut PgConnection,
+    batch: Vec<PreparedResource>,
+) -> FhirResult<BatchCounts> {
+    let mut counts = BatchCounts::default();
+    let latest: HashMap<(String, String), PreparedResource> = batch
+        .into_iter()
+        .map(|prepared| {
+            (
+                (prepared.resource_type.clone(), prepared.id.clone()),
+                prepared,
+            )
+        })
+        .collect();
 
     // One query per resource type, `id = ANY(...)`, so each is an index scan
     // on the primary key; rows are locked in key order to avoid deadlocks

@@ -8,6 +8,32 @@ use infoctor_fhir::search::{IndexEntry, IndexValue};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
+/// Longest text stored in an index row, in bytes. PostgreSQL's B-tree rows
+/// cannot exceed about 2.7 kB, so longer values are cut (at a character
+/// boundary); searches cut their values the same way.
+// NOTE: two values that agree on their first 1,024 bytes match each other.
+pub const MAX_INDEXED_BYTES: usize = 1024;
+
+/// Cuts `text` to at most [`MAX_INDEXED_BYTES`] at a character boundary.
+pub fn truncate_indexed(text: &str) -> &str {
+    if text.len() <= MAX_INDEXED_BYTES {
+        return text;
+    }
+    let mut end = MAX_INDEXED_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn cut(text: &str) -> String {
+    truncate_indexed(text).to_owned()
+}
+
+fn cut_optional(text: &Option<String>) -> Option<String> {
+    text.as_deref().map(cut)
+}
+
 /// The key of one resource whose index rows are written.
 #[derive(Debug, Clone, Copy)]
 pub struct ResourceKey<'a> {
@@ -65,8 +91,8 @@ impl Rows {
         match &entry.value {
             IndexValue::String { normalized, exact } => {
                 self.string.0.push(key, code);
-                self.string.1.push(normalized.clone());
-                self.string.2.push(exact.clone());
+                self.string.1.push(cut(normalized));
+                self.string.2.push(cut(exact));
             }
             // A token with neither system nor code (a CodeableConcept's bare
             // text) can match no token search, so it is not stored.
@@ -81,8 +107,8 @@ impl Rows {
                 ..
             } => {
                 self.token.0.push(key, code);
-                self.token.1.push(system.clone());
-                self.token.2.push(value.clone());
+                self.token.1.push(cut_optional(system));
+                self.token.2.push(cut_optional(value));
             }
             IndexValue::Date { low, high } => {
                 // A Period whose end precedes its start breaks FHIR's per-1
@@ -116,9 +142,9 @@ impl Rows {
                 rows.value.push(*value);
                 rows.low.push(*low);
                 rows.high.push(*high);
-                rows.system.push(system.clone());
-                rows.unit_code.push(unit_code.clone());
-                rows.unit.push(unit.clone());
+                rows.system.push(cut_optional(system));
+                rows.unit_code.push(cut_optional(unit_code));
+                rows.unit.push(cut_optional(unit));
             }
             IndexValue::Reference {
                 target_type,
@@ -127,16 +153,16 @@ impl Rows {
             } => {
                 self.reference.0.push(key, code);
                 self.reference.1.push(target_type.clone());
-                self.reference.2.push(target_id.clone());
+                self.reference.2.push(cut_optional(target_id));
                 self.reference.3.push(if target_id.is_some() {
                     None
                 } else {
-                    Some(url.clone())
+                    Some(cut(url))
                 });
             }
             IndexValue::Uri { value } => {
                 self.uri.0.push(key, code);
-                self.uri.1.push(value.clone());
+                self.uri.1.push(cut(value));
             }
         }
     }

@@ -5,6 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`); each test works in
 //! tenants of its own, so tests run in parallel without seeing each other.
 
+mod attacks;
 mod bundles;
 mod common;
 mod interactions;

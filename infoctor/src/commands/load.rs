@@ -18,8 +18,9 @@ pub struct LoadArgs {
     #[arg(long, env = "INFOCTOR_TENANT")]
     pub tenant: String,
     /// Resources per database transaction.
-    #[arg(long, env = "INFOCTOR_LOAD_BATCH_SIZE", default_value_t = 1000)]
-    pub batch_size: usize,
+    #[arg(long, env = "INFOCTOR_LOAD_BATCH_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
     /// Skip invalid resources (logged and counted) instead of stopping at the first.
     #[arg(long)]
     pub skip_invalid: bool,
@@ -117,11 +118,21 @@ pub async fn load_with_bar(
 pub async fn run(settings: &Settings, args: LoadArgs) -> anyhow::Result<()> {
     let opened = database::open(settings, 4).await?;
     let options = LoadOptions {
-        batch_size: args.batch_size.max(1),
+        batch_size: args.batch_size as usize,
         skip_invalid: args.skip_invalid,
     };
-    let result = load_with_bar(&opened.db, &args.tenant, &args.paths, &options).await;
+    let result = tokio::select! {
+        result = load_with_bar(&opened.db, &args.tenant, &args.paths, &options) => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    };
     opened.close().await?;
-    print_report(&result?);
-    Ok(())
+    match result {
+        Some(report) => {
+            print_report(&report?);
+            Ok(())
+        }
+        None => anyhow::bail!(
+            "interrupted; batches committed so far are kept, and running the same load again finishes it without duplicates"
+        ),
+    }
 }
