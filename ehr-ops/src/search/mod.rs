@@ -100,10 +100,17 @@ fn sort_columns(request: &SearchRequest) -> Vec<SortColumn> {
 }
 
 fn push_base(qb: &mut QueryBuilder<Postgres>, request: &SearchRequest) {
-    qb.push(" FROM resources r WHERE r.tenant = current_setting('infoctor.tenant') AND r.resource_type = ");
-    qb.push_bind(request.resource_type.clone());
-    qb.push(" AND NOT r.deleted");
-    sql::push_filters(qb, "r", &request.filters);
+    let needs_resource_row = request.sort.iter().any(|key| key.code == "_lastUpdated")
+        || request
+            .filters
+            .iter()
+            .any(|filter| filter.code == "_lastUpdated");
+    sql::push_from_and_filters(
+        qb,
+        &request.resource_type,
+        &request.filters,
+        needs_resource_row,
+    );
 }
 
 /// Counts the resources matching the request's filters.

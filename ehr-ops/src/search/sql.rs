@@ -53,6 +53,76 @@ pub fn push_filters(qb: &mut QueryBuilder<Postgres>, alias: &str, filters: &[Fil
     }
 }
 
+/// Pushes the `FROM` clause and the filters of a search over
+/// `resource_type`, as ` FROM ... r WHERE ...` where `r` has the columns
+/// tenant, resource_type and id.
+///
+/// When a filter can select the candidates on its own, `r` is the set of
+/// ids that filter's index rows name, and the other filters check those.
+/// The resources table is then not read at all: a deleted resource has no
+/// index rows, so every id found is live. With `needs_resource_row` (a
+/// `_lastUpdated` sort or filter), or without such a filter, `r` is the
+/// resources table itself.
+pub fn push_from_and_filters(
+    qb: &mut QueryBuilder<Postgres>,
+    resource_type: &str,
+    filters: &[Filter],
+    needs_resource_row: bool,
+) {
+    let driving = filters
+        .iter()
+        .position(is_driving)
+        .filter(|_| !needs_resource_row);
+    let Some(first) = driving else {
+        qb.push(" FROM resources r WHERE r.tenant = current_setting('infoctor.tenant') AND r.resource_type = ");
+        qb.push_bind(resource_type.to_owned());
+        qb.push(" AND NOT r.deleted");
+        push_filters(qb, "r", filters);
+        return;
+    };
+    let lead = &filters[first];
+    let grouped: Vec<usize> = if is_plain_date(lead) {
+        (0..filters.len())
+            .filter(|&n| is_plain_date(&filters[n]) && filters[n].code == lead.code)
+            .collect()
+    } else {
+        vec![first]
+    };
+    qb.push(format!(
+        " FROM (SELECT DISTINCT i.tenant, i.resource_type, i.id FROM {} i \
+         WHERE i.tenant = current_setting('infoctor.tenant') AND i.resource_type = ",
+        index_table(lead.kind)
+    ));
+    qb.push_bind(resource_type.to_owned());
+    qb.push(" AND i.code = ");
+    qb.push_bind(lead.code.clone());
+    for &n in &grouped {
+        qb.push(" AND (");
+        push_alternatives(qb, &filters[n]);
+        qb.push(")");
+    }
+    qb.push(") r WHERE true");
+    let rest: Vec<Filter> = filters
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| !grouped.contains(n))
+        .map(|(_, filter)| filter.clone())
+        .collect();
+    push_filters(qb, "r", &rest);
+}
+
+/// A filter whose index rows alone name the matching resources.
+fn is_driving(filter: &Filter) -> bool {
+    filter.chain.is_none()
+        && filter.missing.is_none()
+        && filter.modifier != Modifier::Not
+        && !matches!(filter.code.as_str(), "_id" | "_lastUpdated")
+        && !matches!(
+            filter.kind,
+            SearchParamType::Composite | SearchParamType::Special
+        )
+}
+
 /// A date filter on an indexed parameter without modifier or chain.
 fn is_plain_date(filter: &Filter) -> bool {
     filter.kind == SearchParamType::Date
@@ -263,7 +333,7 @@ fn push_date_range(
     low: chrono::DateTime<chrono::Utc>,
     high: chrono::DateTime<chrono::Utc>,
 ) {
-    const STORED: &str = "tstzrange(i.low, i.high, '[]')";
+    const STORED: &str = "i.span";
     let push_search_range = |qb: &mut QueryBuilder<Postgres>| {
         qb.push("tstzrange(");
         qb.push_bind(low);

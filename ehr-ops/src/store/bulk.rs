@@ -40,8 +40,8 @@ pub async fn write_batch(
     batch: Vec<PreparedResource>,
 ) -> FhirResult<BatchCounts> {
     // A key that occurs several times is written once per occurrence, in
-    // order, as if the batch had been cut before each repeat; so a batch
-    // gives the same versions whatever the batch size.
+    // order, as if the batch had been cut before each repeat. A load
+    // therefore stores the same versions whatever its batch size.
     let mut rounds: Vec<Vec<PreparedResource>> = Vec::new();
     let mut seen: HashMap<(String, String), usize> = HashMap::with_capacity(batch.len());
     for prepared in batch {
@@ -81,7 +81,7 @@ async fn write_unique(
         .collect();
 
     // One query per resource type, `id = ANY(...)`, so each is an index scan
-    // on the primary key; rows are locked in key order to avoid deadlocks
+    // on the primary key. Rows are locked in key order to avoid deadlocks
     // with concurrent writers.
     let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (resource_type, id) in latest.keys() {
