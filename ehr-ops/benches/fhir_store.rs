@@ -196,6 +196,26 @@ async fn measure(
     results
 }
 
+/// Loads a folder into the tenant and prints the resources per second.
+async fn timed_load(db: &Database, tenant: &str, folder: &Path, label: &str) {
+    let started = Instant::now();
+    let report = load::load(
+        db,
+        tenant,
+        &[folder.to_path_buf()],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("load");
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "{label}: {} resources in {seconds:.1} s = {:.0} resources/s",
+        report.total(),
+        report.total() as f64 / seconds
+    );
+}
+
 fn ms(duration: Duration) -> f64 {
     duration.as_secs_f64() * 1000.0
 }
@@ -241,38 +261,9 @@ async fn run() {
     let tenant = format!("bench{}", std::process::id());
     tenants::create(&db, &tenant).await.expect("tenant");
 
-    let started = Instant::now();
-    let report = load::load(
-        &db,
-        &tenant,
-        std::slice::from_ref(&data),
-        &LoadOptions::default(),
-        &NoProgress,
-    )
-    .await
-    .expect("load");
-    let seconds = started.elapsed().as_secs_f64();
-    println!(
-        "bulk load, 400 patients: {} resources in {seconds:.1} s = {:.0} resources/s",
-        report.total(),
-        report.total() as f64 / seconds
-    );
-    let started = Instant::now();
-    let again = load::load(
-        &db,
-        &tenant,
-        std::slice::from_ref(&data),
-        &LoadOptions::default(),
-        &NoProgress,
-    )
-    .await
-    .expect("reload");
-    let reload_seconds = started.elapsed().as_secs_f64();
-    println!(
-        "reload (no changes): {} resources in {reload_seconds:.1} s = {:.0} resources/s",
-        again.total(),
-        again.total() as f64 / reload_seconds
-    );
+    timed_load(&db, &tenant, &data, "bulk load, 400 patients").await;
+    timed_load(&db, &tenant, &data, "reload (no changes)").await;
+
     let router = api::router(db.clone(), ApiConfig::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -296,22 +287,13 @@ async fn run() {
         let copy_dir = bench_dir.join("copies");
         std::fs::create_dir_all(&copy_dir).expect("copy dir");
         write_copies(&data, &copy_dir, copies).expect("write copies");
-        let started = Instant::now();
-        let report = load::load(
+        timed_load(
             &db,
             &tenant,
-            std::slice::from_ref(&copy_dir),
-            &LoadOptions::default(),
-            &NoProgress,
+            &copy_dir,
+            &format!("bulk load, {copies} more copies"),
         )
-        .await
-        .expect("load copies");
-        let seconds = started.elapsed().as_secs_f64();
-        println!(
-            "bulk load, {copies} more copies: {} resources in {seconds:.1} s = {:.0} resources/s",
-            report.total(),
-            report.total() as f64 / seconds
-        );
+        .await;
         let total: Value = client
             .get(format!("{base}/Observation?_summary=count"))
             .send()

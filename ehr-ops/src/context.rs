@@ -1,4 +1,4 @@
-//! The request context: who asks, for which tenant, under which request id.
+//! The request context: the caller, the tenant and the request id.
 //!
 //! Every handler receives one, every log line of a request carries its fields,
 //! and authentication and audit attach here rather than in each route.
@@ -19,7 +19,7 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    /// A context for work started from the command line (loader, demo).
+    /// Creates a context for work started from the command line (loader, demo).
     pub fn system(tenant: &str, client: &str) -> RequestContext {
         RequestContext {
             tenant: tenant.to_owned(),

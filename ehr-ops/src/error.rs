@@ -10,7 +10,7 @@ use infoctor_fhir::outcome::Issue;
 /// Result of a FHIR operation.
 pub type FhirResult<T> = Result<T, FhirError>;
 
-/// Why a FHIR operation failed.
+/// Failure of a FHIR operation.
 #[derive(Debug, thiserror::Error)]
 pub enum FhirError {
     /// The tenant in the URL does not exist (or is invisible to this request).
@@ -122,7 +122,7 @@ impl FhirError {
         FhirError::Invalid(vec![issue])
     }
 
-    /// The HTTP status this error maps to.
+    /// Returns the HTTP status this error maps to.
     pub fn status(&self) -> StatusCode {
         match self {
             FhirError::UnknownTenant(_)
@@ -143,7 +143,7 @@ impl FhirError {
         }
     }
 
-    /// The issues to report; internal detail is replaced by a generic text.
+    /// Returns the issues to report, with internal detail replaced by a generic text.
     pub fn issues(&self, request_id: &str) -> Vec<Issue> {
         let (code, text) = match self {
             FhirError::Invalid(issues) => return issues.clone(),

@@ -404,7 +404,7 @@ async fn write_all(
             .await?;
         // The tables grow from empty during a load, so a plan cached on the
         // first batches (sequential scans of tiny tables) would be wrong for
-        // the later ones; each statement is planned for its own parameters.
+        // the later ones. Each statement is planned for its own parameters.
         sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
             .execute(&mut *tx)
             .await?;

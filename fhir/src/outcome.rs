@@ -20,7 +20,7 @@ pub enum Severity {
 }
 
 impl Severity {
-    /// The code used in FHIR JSON.
+    /// Returns the code used in FHIR JSON.
     pub fn code(self) -> &'static str {
         match self {
             Severity::Fatal => "fatal",
@@ -34,7 +34,7 @@ impl Severity {
 /// One entry of `OperationOutcome.issue`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issue {
-    /// How bad the issue is.
+    /// Severity of the issue.
     pub severity: Severity,
     /// The FHIR issue-type code (`invalid`, `not-found`, `conflict`, ...).
     pub code: &'static str,
@@ -45,7 +45,7 @@ pub struct Issue {
 }
 
 impl Issue {
-    /// An error issue with the given FHIR issue-type code.
+    /// Creates an error issue with the given FHIR issue-type code.
     pub fn error(code: &'static str, diagnostics: impl Into<String>) -> Issue {
         Issue {
             severity: Severity::Error,

@@ -61,7 +61,7 @@ pub(super) fn routes() -> Router<AppState> {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// Reports 200 when the database answers, 503 otherwise.
+/// Returns 200 when the database responds, 503 otherwise.
 async fn health(State(state): State<AppState>) -> Response {
     match sqlx::query("SELECT 1").execute(state.db.app_pool()).await {
         Ok(_) => (StatusCode::OK, "ok").into_response(),
@@ -72,7 +72,7 @@ async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Answers unknown paths with a FHIR 404.
+/// Returns a FHIR 404 for unknown paths.
 async fn no_route(method: Method, uri: http::Uri) -> Response {
     ErrorResponse {
         error: FhirError::NoRoute(format!(
@@ -84,7 +84,7 @@ async fn no_route(method: Method, uri: http::Uri) -> Response {
     .into_response()
 }
 
-/// Answers a method the route does not support with a FHIR 405.
+/// Returns a FHIR 405 for a method the route does not support.
 async fn method_not_allowed(method: Method, uri: http::Uri) -> Response {
     let outcome =
         infoctor_fhir::outcome::operation_outcome(&[infoctor_fhir::outcome::Issue::error(

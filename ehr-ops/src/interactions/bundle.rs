@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::search::{Bundle, Entry};
 use super::{
-    Body, Call, FhirResponse, ReturnPreference, create, delete, history, patch, query_pairs, read,
+    Call, FhirResponse, ReturnPreference, create, delete, history, patch, query_pairs, read,
     search, update,
 };
 use crate::error::{FhirError, FhirResult};
@@ -184,11 +184,11 @@ async fn batch(
     let mut response = Bundle::new("batch-response");
     for request in requests {
         let mut tx = db.begin_tenant(&call.context.tenant).await?;
-        let result = execute(&mut tx, db, call, &request, preference).await;
+        let result = execute(&mut tx, call, &request, preference).await;
         let entry = match result {
             Ok(outcome) => {
                 tx.commit().await?;
-                response_entry(call, outcome)
+                response_entry(outcome)
             }
             Err(err) => {
                 tx.rollback().await?;
@@ -236,7 +236,7 @@ async fn transaction(
     let mut outcomes: Vec<Option<FhirResponse>> = (0..requests.len()).map(|_| None).collect();
     for i in order {
         let request = &requests[i];
-        match execute(&mut tx, db, call, request, preference).await {
+        match execute(&mut tx, call, request, preference).await {
             Ok(outcome) => outcomes[i] = Some(outcome),
             Err(err) => {
                 tx.rollback().await?;
@@ -247,7 +247,7 @@ async fn transaction(
     tx.commit().await?;
     let mut response = Bundle::new("transaction-response");
     for outcome in outcomes.into_iter().flatten() {
-        response.entry.push(response_entry(call, outcome));
+        response.entry.push(response_entry(outcome));
     }
     response.into_response()
 }
@@ -491,12 +491,10 @@ fn decode_patch(resource: &Value, index: usize) -> FhirResult<Value> {
 
 async fn execute(
     conn: &mut PgConnection,
-    db: &Database,
     call: &Call,
     request: &Request,
     preference: ReturnPreference,
 ) -> FhirResult<FhirResponse> {
-    let _ = db;
     let segments: Vec<&str> = request.path.split('/').filter(|s| !s.is_empty()).collect();
     let pairs = query_pairs(request.query.as_deref());
     let resource = || {
@@ -605,7 +603,7 @@ fn status_line(status: StatusCode) -> String {
     )
 }
 
-fn response_entry(call: &Call, outcome: FhirResponse) -> Entry {
+fn response_entry(outcome: FhirResponse) -> Entry {
     let mut response = serde_json::json!({"status": status_line(outcome.status)});
     if let Some(location) = &outcome.location {
         response["location"] = Value::String(location.clone());
@@ -621,7 +619,6 @@ fn response_entry(call: &Call, outcome: FhirResponse) -> Entry {
         .as_ref()
         .and_then(|location| location.split("/_history").next())
         .map(str::to_owned);
-    let _ = call;
     Entry {
         full_url,
         resource: outcome.body,
@@ -642,13 +639,5 @@ fn error_entry(call: &Call, err: &FhirError) -> Entry {
             "status": status_line(err.status()),
             "outcome": outcome,
         })),
-    }
-}
-
-#[allow(dead_code)]
-fn body_json(body: Body) -> Value {
-    match body {
-        Body::Json(value) => value,
-        Body::Raw(raw) => serde_json::from_str(raw.get()).unwrap_or(Value::Null),
     }
 }

@@ -25,7 +25,7 @@ use crate::context::RequestContext;
 use crate::error::{FhirError, FhirResult};
 use crate::store::{StoredResource, format_instant};
 
-/// Where the interaction runs: the caller's identity and the base URL of
+/// Context of an interaction: the caller's identity and the base URL of
 /// the tenant's FHIR endpoint (`http://host/fhir/acme`).
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -53,7 +53,7 @@ impl Serialize for Body {
     }
 }
 
-/// What an interaction returns.
+/// Result of an interaction.
 #[derive(Debug)]
 pub struct FhirResponse {
     /// HTTP status.
@@ -71,7 +71,7 @@ pub struct FhirResponse {
 }
 
 impl FhirResponse {
-    /// A response with a status and a JSON body.
+    /// Creates a response with a status and a JSON body.
     pub fn json(status: StatusCode, body: Value) -> FhirResponse {
         FhirResponse {
             status,

@@ -57,7 +57,7 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    /// An empty Bundle of the given type.
+    /// Creates an empty Bundle of the given type.
     pub fn new(bundle_type: &'static str) -> Bundle {
         Bundle {
             resource_type: "Bundle",
@@ -79,7 +79,7 @@ impl Bundle {
     }
 }
 
-/// The entry for a stored resource in a searchset.
+/// Builds the entry for a stored resource in a searchset.
 pub fn search_entry(call: &Call, stored: StoredResource, mode: &str) -> Entry {
     Entry {
         full_url: Some(format!(

@@ -40,7 +40,6 @@ pub async fn update(
         }
     }
     let prepared = store::prepare(resource_type, id, resource)?;
-    lock_identity(conn, resource_type, id).await?;
     let outcome = store::write(conn, prepared, WriteMode::Upsert, if_match).await?;
     let status = if outcome.created {
         StatusCode::CREATED
@@ -55,20 +54,6 @@ pub async fn update(
             "resource updated"
         },
     ))
-}
-
-/// Serializes writes to one `resource_type/id` in the tenant until the
-/// transaction ends. The store's row lock cannot do this for an id that does
-/// not exist yet, so two PUTs creating it would both write version 1.
-async fn lock_identity(conn: &mut PgConnection, resource_type: &str, id: &str) -> FhirResult<()> {
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended(current_setting('infoctor.tenant') || '/' || $1 || '/' || $2, 0))",
-    )
-    .bind(resource_type)
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// Conditional update: no match creates (with the body's id if given, else a

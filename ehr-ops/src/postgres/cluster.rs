@@ -338,7 +338,7 @@ impl RunningCluster {
         &self.layout.log_file
     }
 
-    /// Stops the server, whoever started it, unless another process is
+    /// Stops the server, regardless of which process started it, unless another process is
     /// connected to it; returns whether it stopped. Commands call this on
     /// exit, so the last one out stops the cluster and none pulls it from
     /// under a server that attached later.

@@ -113,12 +113,12 @@ impl Database {
         Ok(Database { admin, app })
     }
 
-    /// The application pool: connections as the row-level-security-bound role.
+    /// Returns the application pool, whose connections are bound by row-level security.
     pub fn app_pool(&self) -> &PgPool {
         &self.app
     }
 
-    /// The administrator pool, for tenant administration only.
+    /// Returns the administrator pool, for tenant administration only.
     pub fn admin_pool(&self) -> &PgPool {
         &self.admin
     }

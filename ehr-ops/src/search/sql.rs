@@ -111,7 +111,7 @@ pub fn push_from_and_filters(
     push_filters(qb, "r", &rest);
 }
 
-/// A filter whose index rows alone name the matching resources.
+/// Tells whether a filter's index rows alone name the matching resources.
 fn is_driving(filter: &Filter) -> bool {
     filter.chain.is_none()
         && filter.missing.is_none()
@@ -123,7 +123,8 @@ fn is_driving(filter: &Filter) -> bool {
         )
 }
 
-/// A date filter on an indexed parameter without modifier or chain.
+/// Tells whether a filter is a date filter on an indexed parameter without
+/// modifier or chain.
 fn is_plain_date(filter: &Filter) -> bool {
     filter.kind == SearchParamType::Date
         && filter.code != "_lastUpdated"
@@ -265,7 +266,7 @@ fn push_range_compare<T>(
     T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Clone + Send + 'static,
 {
     // Each form below starts with a single-column bound so PostgreSQL can
-    // range-scan the low or high index; the rest of the rule follows as a
+    // range-scan an index on that column. The rest of the rule follows as a
     // filter. The rewrites are equivalent to the spec's definitions because a
     // stored range never ends before it starts.
     let contained = |qb: &mut QueryBuilder<Postgres>| {
@@ -324,7 +325,7 @@ fn push_range_compare<T>(
 }
 
 /// Date comparison on `idx_date` rows in terms of range operators the GiST
-/// index answers (`<@` contained, `&&` overlaps, `>>` and `<<` strictly
+/// index supports (`<@` contained, `&&` overlaps, `>>` and `<<` strictly
 /// after and before). `ge` and `le` add the spec's exact rule as a filter
 /// after the indexed necessary condition.
 fn push_date_range(
@@ -500,7 +501,7 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
             url,
         } => {
             match id {
-                // A plain id or Type/id matches the parsed target; only an
+                // A plain id or Type/id matches the parsed target. Only an
                 // absolute URL is compared with the stored URL text, so the
                 // condition stays a single index lookup.
                 Some(id) => {

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use serde_json::value::RawValue;
 use sqlx::PgConnection;
 
 use super::index::{self, ResourceKey};
@@ -222,9 +221,4 @@ impl VersionRows {
         self.body.push(body);
         self.hash.push(prepared.hash.clone());
     }
-}
-
-/// Parses JSON text into the raw form responses embed.
-pub fn raw(text: String) -> FhirResult<Box<RawValue>> {
-    RawValue::from_string(text).map_err(|err| FhirError::Internal(format!("invalid JSON: {err}")))
 }

@@ -8,9 +8,9 @@ use infoctor_fhir::search::{IndexEntry, IndexValue};
 use rust_decimal::Decimal;
 use sqlx::PgConnection;
 
-/// Longest text stored in an index row, in bytes. PostgreSQL's B-tree rows
-/// cannot exceed about 2.7 kB, so longer values are cut (at a character
-/// boundary); searches cut their values the same way.
+/// Maximum text stored in an index row, in bytes. PostgreSQL's B-tree rows
+/// cannot exceed about 2.7 kB, so longer values are cut at a character
+/// boundary, and searches cut their values the same way.
 // NOTE: two values that agree on their first 1,024 bytes match each other.
 pub const MAX_INDEXED_BYTES: usize = 1024;
 
@@ -112,7 +112,7 @@ impl Rows {
             }
             IndexValue::Date { low, high } => {
                 // A Period whose end precedes its start breaks FHIR's per-1
-                // rule; it is stored as the span between the two instants,
+                // rule. It is stored as the span between the two instants,
                 // because PostgreSQL cannot build a range that ends first.
                 let (low, high) = if low <= high {
                     (low, high)

@@ -249,6 +249,15 @@ pub async fn write(
         entries,
         ..
     } = prepared;
+    // The row lock below cannot serialize two writers creating an id that
+    // does not exist yet, so writes to one key take an advisory lock first.
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(current_setting('infoctor.tenant') || '/' || $1 || '/' || $2, 0))",
+    )
+    .bind(&resource_type)
+    .bind(&id)
+    .execute(&mut *conn)
+    .await?;
     let current: Option<(i64, bool, Option<Vec<u8>>)> = sqlx::query_as(
         "SELECT version_id, deleted, content_hash FROM resources \
          WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \

@@ -133,8 +133,8 @@ pub fn content_hash(resource: &Value) -> Vec<u8> {
 }
 
 fn hash_value(hasher: &mut Sha256, value: &Value) {
-    // serde_json's writer is deterministic for a given Value; key order is
-    // the order the client sent, so identical files hash identically.
+    // serde_json writes a given Value the same way every time, and key order
+    // is the order the client sent, so identical files hash identically.
     // Writing into a hasher cannot fail.
     let _ = serde_json::to_writer(hasher, value);
 }

@@ -43,7 +43,7 @@ pub fn database_url() -> &'static str {
                          INFOCTOR_TEST_DATABASE_URL"
                         )
                     });
-                // Databases of earlier runs that nobody uses any more.
+                // Databases of earlier runs that have no open connection.
                 let stale: Vec<String> = sqlx::query_scalar(
                     "SELECT datname FROM pg_database d WHERE datname LIKE 'infoctor_it_%' \
                      AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
@@ -157,62 +157,55 @@ impl TestServer {
         name
     }
 
-    /// The FHIR base URL of a tenant.
+    /// Returns the FHIR base URL of a tenant.
     pub fn base(&self, tenant: &str) -> String {
         format!("{}/fhir/{tenant}", self.origin)
     }
 
-    /// GET a path under a tenant's base and return status and JSON body.
-    pub async fn get(&self, tenant: &str, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .get(format!("{}/{path}", self.base(tenant)))
-            .send()
-            .await
-            .expect("request");
-        status_json(response).await
-    }
-
-    /// POST a resource (or Bundle to an empty path).
-    pub async fn post(&self, tenant: &str, path: &str, body: &Value) -> (u16, Value) {
+    /// Sends a request to a path under a tenant's base (the base itself when
+    /// `path` is empty), with an optional FHIR JSON body, and returns status
+    /// and JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        tenant: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
         let url = if path.is_empty() {
             self.base(tenant)
         } else {
             format!("{}/{path}", self.base(tenant))
         };
-        let response = self
-            .client
-            .post(url)
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string())
-            .send()
+        let mut request = self.client.request(method, url);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string());
+        }
+        status_json(request.send().await.expect("request")).await
+    }
+
+    /// GET a path under a tenant's base.
+    pub async fn get(&self, tenant: &str, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, tenant, path, None).await
+    }
+
+    /// POST a resource (or a Bundle to an empty path).
+    pub async fn post(&self, tenant: &str, path: &str, body: &Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, tenant, path, Some(body))
             .await
-            .expect("request");
-        status_json(response).await
     }
 
     /// PUT a resource.
     pub async fn put(&self, tenant: &str, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .client
-            .put(format!("{}/{path}", self.base(tenant)))
-            .header("content-type", "application/fhir+json")
-            .body(body.to_string())
-            .send()
+        self.send(reqwest::Method::PUT, tenant, path, Some(body))
             .await
-            .expect("request");
-        status_json(response).await
     }
 
     /// DELETE a path.
     pub async fn delete(&self, tenant: &str, path: &str) -> (u16, Value) {
-        let response = self
-            .client
-            .delete(format!("{}/{path}", self.base(tenant)))
-            .send()
-            .await
-            .expect("request");
-        status_json(response).await
+        self.send(reqwest::Method::DELETE, tenant, path, None).await
     }
 }
 
@@ -229,7 +222,7 @@ pub async fn status_json(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
-/// The first issue code of an OperationOutcome.
+/// Returns the first issue code of an OperationOutcome.
 pub fn issue_code(outcome: &Value) -> &str {
     assert_eq!(
         outcome["resourceType"], "OperationOutcome",
@@ -238,7 +231,7 @@ pub fn issue_code(outcome: &Value) -> &str {
     outcome["issue"][0]["code"].as_str().unwrap_or_default()
 }
 
-/// The shared test data folder: `INFOCTOR_TEST_DATA`, default `../shared/data`
+/// Returns the test data folder: `INFOCTOR_TEST_DATA`, default `../shared/data`
 /// next to the workspace. A missing folder fails the test rather than
 /// skipping it.
 pub fn test_data() -> PathBuf {
@@ -253,7 +246,7 @@ pub fn test_data() -> PathBuf {
     path
 }
 
-/// The ids of a searchset's entries with the given mode.
+/// Returns the ids of a searchset's entries with the given mode.
 pub fn entry_ids(bundle: &Value, mode: &str) -> Vec<String> {
     bundle["entry"]
         .as_array()
