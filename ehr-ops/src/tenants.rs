@@ -99,3 +99,16 @@ mod tests {
         assert!(!is_valid_name("a/b"));
     }
 }
+
+/// Returns whether a tenant exists.
+pub async fn exists(db: &Database, name: &str) -> Result<bool, TenantError> {
+    if !is_valid_name(name) {
+        return Ok(false);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant = $1)")
+            .bind(name)
+            .fetch_one(db.admin_pool())
+            .await?,
+    )
+}

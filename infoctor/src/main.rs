@@ -3,6 +3,7 @@
 
 mod commands;
 mod database;
+mod lakehouse;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ struct Cli {
     )]
     log_format: LogFormat,
 
+    #[command(flatten)]
+    lake: lakehouse::LakeArgs,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +82,16 @@ enum Command {
     Load(commands::load::LoadArgs),
     /// Create the tenant `demo`, load the bundled sample patients and serve.
     Demo(commands::demo::DemoArgs),
+    /// Capture committed changes into the lakehouse until interrupted, or
+    /// show capture status.
+    Capture(commands::capture::CaptureCommandArgs),
+    /// Run one read-only SQL statement over a tenant's lakehouse tables.
+    Sql(commands::sql::SqlArgs),
+    /// Lakehouse maintenance.
+    Lakehouse {
+        #[command(subcommand)]
+        command: commands::lakehouse::LakehouseCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,12 +160,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         app_password: cli.app_password,
     };
     match cli.command {
-        Command::Serve(args) => commands::serve::run(&settings, args).await,
+        Command::Serve(args) => commands::serve::run(&settings, &cli.lake, args).await,
         Command::Tenant { command } => match command {
             TenantCommand::Create { name } => commands::tenant::create(&settings, &name).await,
             TenantCommand::List => commands::tenant::list(&settings).await,
         },
         Command::Load(args) => commands::load::run(&settings, args).await,
-        Command::Demo(args) => commands::demo::run(&settings, args).await,
+        Command::Demo(args) => commands::demo::run(&settings, &cli.lake, args).await,
+        Command::Capture(args) => commands::capture::run(&settings, &cli.lake, args).await,
+        Command::Sql(args) => commands::sql::run(&settings, &cli.lake, args).await,
+        Command::Lakehouse { command } => {
+            commands::lakehouse::run(&settings, &cli.lake, command).await
+        }
     }
 }

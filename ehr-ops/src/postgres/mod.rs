@@ -68,6 +68,7 @@ pub struct DatabaseConfig {
 pub struct Database {
     admin: PgPool,
     app: PgPool,
+    admin_url: String,
 }
 
 impl Database {
@@ -110,7 +111,11 @@ impl Database {
                 source,
             })?;
         tracing::info!(admin_role = %admin_role, app_role = APP_ROLE, "database ready");
-        Ok(Database { admin, app })
+        Ok(Database {
+            admin,
+            app,
+            admin_url: config.admin_url.clone(),
+        })
     }
 
     /// Returns the application pool, whose connections are bound by row-level security.
@@ -121,6 +126,12 @@ impl Database {
     /// Returns the administrator pool, for tenant administration only.
     pub fn admin_pool(&self) -> &PgPool {
         &self.admin
+    }
+
+    /// Returns the administrator's connection URL, which change capture uses
+    /// for its replication connection. It may contain a password: never log it.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
     }
 
     /// Starts a transaction on the application pool with the tenant setting

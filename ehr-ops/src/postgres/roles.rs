@@ -56,25 +56,46 @@ pub(super) async fn grant_app_role(admin: &PgPool) -> Result<(), DatabaseError> 
         // for longer than this; PostgreSQL cancels it and the client gets an error.
         format!("ALTER ROLE {APP_ROLE} SET statement_timeout = '60s'"),
         format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON resource_versions, resources, idx_string, \
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON resources, idx_string, \
              idx_token, idx_date, idx_number, idx_quantity, idx_reference, idx_uri TO {APP_ROLE}"
         ),
+        // The version table is append-only: change capture reads inserts
+        // only, so the application may not rewrite history.
+        format!("GRANT SELECT, INSERT ON resource_versions TO {APP_ROLE}"),
+        format!("REVOKE UPDATE, DELETE, TRUNCATE ON resource_versions FROM {APP_ROLE}"),
     ];
     // Concurrent GRANTs on one object fail with "tuple concurrently updated"
     // when several servers start at once, so they run one at a time under a
-    // transaction-scoped advisory lock.
+    // transaction-scoped advisory lock. That lock is per database, and the
+    // role setting is shared by the whole cluster, so starts against two
+    // databases of one cluster can still collide there: those retry.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match run_grants(admin, &statements).await {
+            Err(sqlx::Error::Database(err))
+                if attempt < 5 && err.message().contains("concurrently updated") =>
+            {
+                tracing::info!(attempt, "role grants collided with another start; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+async fn run_grants(admin: &PgPool, statements: &[String]) -> Result<(), sqlx::Error> {
     let mut tx = admin.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(GRANT_LOCK_KEY)
         .execute(&mut *tx)
         .await?;
     for statement in statements {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
+        sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Refuses a role that could see past row-level security.

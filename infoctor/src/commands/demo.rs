@@ -9,14 +9,18 @@ use infoctor_ehr_ops::load::LoadOptions;
 use infoctor_ehr_ops::tenants;
 
 use crate::ListenArgs;
+use crate::commands::serve::ServiceArgs;
 use crate::commands::{load, serve};
 use crate::database::{self, Settings};
+use crate::lakehouse::LakeArgs;
 
 /// Arguments of `infoctor demo`.
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
+    #[command(flatten)]
+    pub services: ServiceArgs,
     /// Folder of sample FHIR files to load.
     #[arg(long, env = "INFOCTOR_SAMPLE_DATA", default_value_os_t = default_sample_dir())]
     pub sample_data: PathBuf,
@@ -30,7 +34,7 @@ fn default_sample_dir() -> PathBuf {
 const TENANT: &str = "demo";
 
 /// Runs the demo.
-pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
+pub async fn run(settings: &Settings, lake: &LakeArgs, args: DemoArgs) -> anyhow::Result<()> {
     if !args.sample_data.is_dir() {
         anyhow::bail!(
             "sample data folder {} not found; pass --sample-data with the repository's sample-data folder",
@@ -45,7 +49,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
         println!("loading sample patients from {}", args.sample_data.display());
         let report = load::load_with_bar(&opened.db, TENANT, std::slice::from_ref(&args.sample_data), &LoadOptions::default()).await?;
         load::print_report(&report);
-        serve::serve_until_signal(&opened.db, &args.listen, |address| {
+        serve::serve_until_signal(&opened.db, settings, lake, &args.listen, &args.services, |address| {
             let base = format!("http://{address}/fhir/{TENANT}");
             println!();
             println!("Infoctor demo is running. Try:");
@@ -56,6 +60,7 @@ pub async fn run(settings: &Settings, args: DemoArgs) -> anyhow::Result<()> {
             println!("  curl '{base}/Observation?code=http://loinc.org|4548-4&value-quantity=gt7&_sort=-date'");
             println!("  curl '{base}/DocumentReference?_count=1'");
             println!("  curl '{base}/Patient/{{id}}/$everything'");
+            println!("  curl -d 'SELECT resource_type, count(*) AS n FROM resources_current GROUP BY 1 ORDER BY 2 DESC' 'http://{address}/lakehouse/{TENANT}/sql?format=table'");
             println!("Press Ctrl-C to stop.");
         })
         .await

@@ -1,6 +1,9 @@
 //! One module per subcommand.
 
+pub mod capture;
 pub mod demo;
+pub mod lakehouse;
 pub mod load;
 pub mod serve;
+pub mod sql;
 pub mod tenant;

@@ -1,23 +1,49 @@
 //! `infoctor serve`: the HTTP API with graceful shutdown on SIGINT or SIGTERM.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use infoctor_ehr_ops::api::{self, ApiConfig};
 use infoctor_ehr_ops::postgres::Database;
+use infoctor_lakehouse::api::LakehouseState;
+use infoctor_lakehouse::sql::QueryService;
+use tokio_util::sync::CancellationToken;
 
 use crate::ListenArgs;
 use crate::database::{self, Settings};
+use crate::lakehouse::{CaptureArgs, LakeArgs, SqlLimitArgs, spawn_capture};
 
 /// Arguments of `infoctor serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
+    #[command(flatten)]
+    pub services: ServiceArgs,
 }
 
-/// Serves until a shutdown signal arrives. `on_ready` runs once the socket listens.
+/// Options of the services that run beside the FHIR API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Do not run change capture in this process (run `infoctor capture`
+    /// separately, or not at all).
+    #[arg(long, env = "INFOCTOR_NO_CAPTURE")]
+    pub no_capture: bool,
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    #[command(flatten)]
+    pub sql: SqlLimitArgs,
+}
+
+/// Serves until a shutdown signal arrives. `on_ready` runs once the socket
+/// listens. Change capture runs beside the API unless disabled, and stops
+/// after the server.
 pub async fn serve_until_signal(
     db: &Database,
+    settings: &Settings,
+    lake_args: &LakeArgs,
     args: &ListenArgs,
+    services: &ServiceArgs,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     let config = ApiConfig {
@@ -25,7 +51,27 @@ pub async fn serve_until_signal(
         public_url: args.public_url.clone(),
         ..ApiConfig::default()
     };
-    let router = api::router(db.clone(), config);
+    let lake = lake_args.lakehouse(&settings.data_dir)?;
+    let shutdown = CancellationToken::new();
+    let capture_config = services.capture.config();
+    let slot_name = capture_config.slot_name.clone();
+    let (capture, capture_metrics) = if services.no_capture {
+        (None, None)
+    } else {
+        let (handle, metrics) =
+            spawn_capture(db.clone(), lake.clone(), capture_config, shutdown.clone());
+        (Some(handle), Some(metrics))
+    };
+    let queries = QueryService::new(lake.clone(), services.sql.limits())
+        .context("starting the SQL query runtime")?;
+    let lakehouse = LakehouseState {
+        db: db.clone(),
+        lake,
+        queries: Arc::new(queries),
+        capture_metrics,
+        slot_name,
+    };
+    let router = api::router(db.clone(), config).merge(infoctor_lakehouse::api::router(lakehouse));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {
@@ -39,15 +85,21 @@ pub async fn serve_until_signal(
         .context("reading the listening address")?;
     tracing::info!(%address, "server started");
     on_ready(address);
-    axum::serve(listener, router)
+    let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .context("serving HTTP")?;
+        .context("serving HTTP");
     tracing::info!("server stopped");
-    Ok(())
+    shutdown.cancel();
+    if let Some(capture) = capture
+        && let Err(err) = capture.await
+    {
+        tracing::error!(error = %err, "change capture task failed");
+    }
+    served
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -68,11 +120,19 @@ async fn shutdown_signal() {
 }
 
 /// Runs `infoctor serve`.
-pub async fn run(settings: &Settings, args: ServeArgs) -> anyhow::Result<()> {
+pub async fn run(settings: &Settings, lake: &LakeArgs, args: ServeArgs) -> anyhow::Result<()> {
     let opened = database::open(settings, args.listen.db_connections).await?;
-    let result = serve_until_signal(&opened.db, &args.listen, |address| {
-        println!("Infoctor FHIR API listening on http://{address}/fhir/{{tenant}}");
-    })
+    let result = serve_until_signal(
+        &opened.db,
+        settings,
+        lake,
+        &args.listen,
+        &args.services,
+        |address| {
+            println!("Infoctor FHIR API listening on http://{address}/fhir/{{tenant}}");
+            println!("SQL over the lakehouse: POST http://{address}/lakehouse/{{tenant}}/sql");
+        },
+    )
     .await;
     opened.close().await?;
     result

@@ -1,0 +1,216 @@
+//! HTTP routes of the lakehouse: `POST /lakehouse/{tenant}/sql` and
+//! `GET /metrics`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, StatusCode, header};
+use infoctor_ehr_ops::postgres::Database;
+use serde::Deserialize;
+
+use crate::capture::CaptureMetrics;
+use crate::layout::Lakehouse;
+use crate::sql::{OutputFormat, QueryError, QueryService};
+
+/// Largest accepted SQL request body.
+const MAX_SQL_BYTES: usize = 1 << 20;
+
+/// Shared state of the lakehouse routes.
+#[derive(Clone)]
+pub struct LakehouseState {
+    pub db: Database,
+    pub lake: Lakehouse,
+    pub queries: Arc<QueryService>,
+    /// Counters of the capture worker running in this process, if any.
+    pub capture_metrics: Option<Arc<CaptureMetrics>>,
+    pub slot_name: String,
+}
+
+/// Builds the lakehouse router.
+pub fn router(state: LakehouseState) -> Router {
+    Router::new()
+        .route("/lakehouse/{tenant}/sql", post(sql))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_SQL_BYTES))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct SqlParams {
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SqlBody {
+    query: String,
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn negotiate(params: &SqlParams, headers: &HeaderMap) -> Result<OutputFormat, Response> {
+    if let Some(name) = &params.format {
+        return OutputFormat::parse(name).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid-format",
+                &format!("unknown format '{name}'; use json, csv, table or arrow"),
+            )
+        });
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    Ok(if accept.contains("application/vnd.apache.arrow.stream") {
+        OutputFormat::Arrow
+    } else if accept.contains("text/csv") {
+        OutputFormat::Csv
+    } else if accept.contains("text/plain") {
+        OutputFormat::Table
+    } else {
+        OutputFormat::Json
+    })
+}
+
+async fn sql(
+    State(state): State<LakehouseState>,
+    Path(tenant): Path<String>,
+    Query(params): Query<SqlParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let format = match negotiate(&params, &headers) {
+        Ok(format) => format,
+        Err(response) => return response,
+    };
+    match infoctor_ehr_ops::tenants::exists(&state.db, &tenant).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown-tenant",
+                &format!("tenant '{tenant}' not found"),
+            );
+        }
+        Err(err) => {
+            tracing::error!(request_id, error = %err, "tenant lookup failed");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database",
+                "tenant lookup failed",
+            );
+        }
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let query = if is_json {
+        match serde_json::from_slice::<SqlBody>(&body) {
+            Ok(body) => body.query,
+            Err(err) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-body",
+                    &format!(
+                        "invalid JSON body: {err}; send {{\"query\": \"SELECT ...\"}} or the SQL as text/plain"
+                    ),
+                );
+            }
+        }
+    } else {
+        match String::from_utf8(body.to_vec()) {
+            Ok(text) => text,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-body",
+                    "the SQL text is not valid UTF-8",
+                );
+            }
+        }
+    };
+    if query.trim().is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid-query",
+            "empty query; send a SELECT statement",
+        );
+    }
+    let started = std::time::Instant::now();
+    match state.queries.query(&tenant, &query).await {
+        Ok(result) => {
+            tracing::info!(
+                request_id,
+                tenant = %tenant,
+                rows = result.rows,
+                millis = started.elapsed().as_millis() as u64,
+                "sql query"
+            );
+            match crate::sql::render(&result, format) {
+                Ok(bytes) => (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, format.content_type())],
+                    bytes,
+                )
+                    .into_response(),
+                Err(err) => {
+                    tracing::error!(request_id, error = %err, "rendering a query result failed");
+                    error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "render",
+                        &err.to_string(),
+                    )
+                }
+            }
+        }
+        Err(err) => {
+            let (status, code) = match &err {
+                QueryError::NotAllowed(_) => (StatusCode::FORBIDDEN, "not-allowed"),
+                QueryError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid-query"),
+                QueryError::Memory { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "memory-limit"),
+                QueryError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+                QueryError::TooManyRows(_) => (StatusCode::UNPROCESSABLE_ENTITY, "row-limit"),
+                QueryError::Lakehouse(_) => (StatusCode::INTERNAL_SERVER_ERROR, "lakehouse"),
+            };
+            tracing::info!(request_id, tenant = %tenant, code, error = %err, "sql query failed");
+            error(status, code, &err.to_string())
+        }
+    }
+}
+
+async fn metrics(State(state): State<LakehouseState>) -> Response {
+    match crate::status::capture_status(&state.db, &state.lake, &state.slot_name).await {
+        Ok(status) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            crate::status::prometheus(&status, state.capture_metrics.as_deref()),
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "reading capture status failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "status",
+                "reading capture status failed",
+            )
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! Change capture: PostgreSQL logical replication of `resource_versions`
+//! into each tenant's bronze Delta table, exactly once.
+//!
+//! How exactly-once holds:
+//! - Changes are grouped by PostgreSQL transaction and a batch closes only
+//!   between transactions, so no transaction is split across Delta commits.
+//! - Each tenant's part of a batch is one Delta commit carrying the marker
+//!   (app id [`CAPTURE_APP_ID`], version = commit LSN of its last
+//!   transaction). Transactions at or below a table's marker are skipped, so
+//!   a batch replayed after a crash changes nothing.
+//! - The slot's confirmed position advances only after every Delta commit of
+//!   the batch, so PostgreSQL resends whatever was not yet committed.
+//! - On first run (or after the slot is lost) the worker creates the slot
+//!   with an exported snapshot, copies every existing version from that
+//!   snapshot, then streams from the slot's consistent point. A copy that
+//!   did not finish is started over, overwriting the tables.
+//! - One worker per slot: a session advisory lock, and PostgreSQL's own rule
+//!   that a slot has one active consumer.
+
+mod decode;
+pub mod slot;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use deltalake::protocol::SaveMode;
+use infoctor_ehr_ops::postgres::Database;
+use pg_walstream::{
+    CancellationToken, EventType, LogicalReplicationStream, ReplicationError,
+    ReplicationStreamConfig, SnapshotOutcome, StreamingMode,
+};
+
+use crate::bronze::{BronzeTable, ChangeRecord, Source, format_lsn};
+use crate::error::LakehouseError;
+use crate::layout::Lakehouse;
+use crate::maintenance::{self, MaintenanceConfig};
+
+pub use decode::{decode_row, parse_timestamptz};
+
+/// Name of the publication created by the schema migrations.
+pub const PUBLICATION: &str = "infoctor_capture";
+
+/// Settings of the capture worker.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Replication slot name.
+    pub slot_name: String,
+    /// A batch closes at the first transaction end after this many changes.
+    pub batch_max_changes: usize,
+    /// A batch closes at the first transaction end after it has been open
+    /// this long, which bounds the delay from commit to queryable.
+    pub batch_max_wait: Duration,
+    /// Slot lag, in bytes of WAL, above which a warning is logged.
+    pub lag_warn_bytes: i64,
+    /// How often slot lag is checked.
+    pub status_interval: Duration,
+    /// Rows per Delta commit while copying the initial snapshot.
+    pub snapshot_chunk_rows: usize,
+    /// Scheduled compaction, vacuum and checkpoints; `None` disables them.
+    pub maintenance: Option<MaintenanceConfig>,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> CaptureConfig {
+        CaptureConfig {
+            slot_name: "infoctor_capture".to_owned(),
+            batch_max_changes: 20_000,
+            batch_max_wait: Duration::from_millis(200),
+            lag_warn_bytes: 1 << 30,
+            status_interval: Duration::from_secs(10),
+            snapshot_chunk_rows: 50_000,
+            maintenance: Some(MaintenanceConfig::default()),
+        }
+    }
+}
+
+/// Counters of a running worker, read by the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct CaptureMetrics {
+    /// Changes written to bronze tables from the WAL.
+    pub changes_total: AtomicU64,
+    /// Changes copied from the initial snapshot.
+    pub snapshot_rows_total: AtomicU64,
+    /// PostgreSQL transactions applied.
+    pub transactions_total: AtomicU64,
+    /// Transactions skipped because a table already held them.
+    pub replayed_transactions_total: AtomicU64,
+    /// Delta commits made by the worker.
+    pub delta_commits_total: AtomicU64,
+    /// Last LSN confirmed to PostgreSQL.
+    pub confirmed_lsn: AtomicU64,
+    /// Unix time in milliseconds of the last applied batch, 0 before any.
+    pub last_batch_unix_ms: AtomicI64,
+    /// Slot lag in bytes at the last check, -1 when unknown.
+    pub lag_bytes: AtomicI64,
+}
+
+/// The capture worker.
+pub struct CaptureWorker {
+    db: Database,
+    lake: Lakehouse,
+    config: CaptureConfig,
+    metrics: Arc<CaptureMetrics>,
+}
+
+/// The transaction being received.
+#[derive(Default)]
+struct OpenTransaction {
+    records: Vec<(String, ChangeRecord)>,
+}
+
+/// Complete transactions waiting for their Delta commit.
+#[derive(Default)]
+struct Batch {
+    by_tenant: BTreeMap<String, Vec<ChangeRecord>>,
+    changes: usize,
+    transactions: u64,
+    /// End LSN of the last transaction, confirmed once the batch is applied.
+    end_lsn: u64,
+    opened_at: Option<Instant>,
+}
+
+/// A wake-up for the event loop: a cancellation token that fires at a given
+/// instant, so a wait for the next replication message ends when a batch is
+/// due or periodic work is due. Cancelling a wait loses no message: the
+/// stream keeps buffered data for the next call.
+struct Alarm {
+    token: CancellationToken,
+    at: Instant,
+}
+
+impl Alarm {
+    fn new(shutdown: &CancellationToken, at: Instant) -> Alarm {
+        let token = shutdown.child_token();
+        let fire = token.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => fire.cancel(),
+                _ = fire.cancelled() => {}
+            }
+        });
+        Alarm { token, at }
+    }
+}
+
+impl CaptureWorker {
+    /// Creates a worker over the store's database and the lakehouse.
+    pub fn new(db: Database, lake: Lakehouse, config: CaptureConfig) -> CaptureWorker {
+        CaptureWorker {
+            db,
+            lake,
+            config,
+            metrics: Arc::new(CaptureMetrics::default()),
+        }
+    }
+
+    /// Returns the worker's counters.
+    pub fn metrics(&self) -> Arc<CaptureMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Runs until `shutdown` is cancelled or an error occurs. Everything
+    /// committed to the lakehouse before an error or a kill stays, and the
+    /// next run continues from there.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), LakehouseError> {
+        let admin = self.db.admin_pool();
+        slot::check_logical_replication(admin).await?;
+        let lock = slot::SlotLock::acquire(self.db.admin_url(), &self.config.slot_name).await?;
+        let result = self.run_locked(&shutdown).await;
+        lock.release().await;
+        result
+    }
+
+    async fn run_locked(&self, shutdown: &CancellationToken) -> Result<(), LakehouseError> {
+        let admin = self.db.admin_pool();
+        let slot_name = &self.config.slot_name;
+        let state = slot::snapshot_state(admin, slot_name).await?;
+        let slot = slot::slot_info(admin, slot_name).await?;
+        let resume = match (&state, &slot) {
+            (Some(state), Some(slot)) if state.completed_at.is_some() => {
+                if slot.wal_status.as_deref() == Some("lost") {
+                    tracing::error!(
+                        slot = %slot_name,
+                        "replication slot was invalidated after retaining too much WAL; copying a new snapshot"
+                    );
+                    false
+                } else {
+                    true
+                }
+            }
+            (Some(state), None) if state.completed_at.is_some() => {
+                tracing::warn!(slot = %slot_name, "replication slot is missing; copying a new snapshot");
+                false
+            }
+            _ => false,
+        };
+        if !resume {
+            if slot.is_some() {
+                slot::drop_slot(admin, slot_name).await?;
+            }
+            slot::clear_snapshot_state(admin, slot_name).await?;
+        }
+
+        let mut tables = Tables::default();
+        let stream =
+            LogicalReplicationStream::new(&self.replication_url(), self.stream_config()).await?;
+        let mut stream = if resume {
+            tracing::info!(slot = %slot_name, "resuming change capture");
+            stream
+        } else {
+            self.copy_snapshot(stream, &mut tables, shutdown).await?
+        };
+        stream.start(None).await?;
+        tracing::info!(slot = %slot_name, lsn = %format_lsn(stream.current_lsn()), "change capture streaming");
+        let result = self
+            .stream_changes(&mut stream, &mut tables, shutdown)
+            .await;
+        if let Err(err) = stream.stop().await {
+            tracing::warn!(error = %err, "stopping the replication stream failed");
+        }
+        result
+    }
+
+    fn replication_url(&self) -> String {
+        let url = self.db.admin_url();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        // UTC and ISO dates make timestamptz text predictable for decoding.
+        format!(
+            "{url}{separator}replication=database&application_name=infoctor-capture&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO"
+        )
+    }
+
+    fn stream_config(&self) -> ReplicationStreamConfig {
+        ReplicationStreamConfig::builder(self.config.slot_name.clone(), PUBLICATION)
+            .with_protocol_version(1)
+            .with_streaming_mode(StreamingMode::Off)
+            .with_feedback_interval(Duration::from_secs(1))
+    }
+
+    /// Creates the slot with an exported snapshot and copies every row of
+    /// the snapshot into the tenants' tables.
+    async fn copy_snapshot(
+        &self,
+        stream: LogicalReplicationStream,
+        tables: &mut Tables,
+        shutdown: &CancellationToken,
+    ) -> Result<LogicalReplicationStream, LakehouseError> {
+        let admin = self.db.admin_pool();
+        let slot_name = &self.config.slot_name;
+        let snapshot = match stream.snapshot().await? {
+            SnapshotOutcome::Available(snapshot) => snapshot,
+            SnapshotOutcome::Unavailable(_) => {
+                // The slot was dropped above under the lock; another
+                // process created it in between.
+                return Err(LakehouseError::SlotBusy(slot_name.clone()));
+            }
+        };
+        let consistent_point = snapshot.consistent_point().value();
+        slot::record_snapshot_started(admin, slot_name, consistent_point).await?;
+        tracing::info!(slot = %slot_name, lsn = %format_lsn(consistent_point), "copying the initial snapshot");
+        let started = Instant::now();
+
+        let mut rows = snapshot.with_cancellation(shutdown.clone()).rows();
+        let mut buffers: HashMap<String, Vec<ChangeRecord>> = HashMap::new();
+        let mut written: HashMap<String, bool> = HashMap::new();
+        let mut copied: u64 = 0;
+        while let Some(row) = rows.next_row().await? {
+            let (tenant, record) = decode_row(
+                &row.data,
+                consistent_point,
+                None,
+                Source::Snapshot,
+                row.lsn.value(),
+            )?;
+            let buffer = buffers.entry(tenant.clone()).or_default();
+            buffer.push(record);
+            copied += 1;
+            if buffer.len() >= self.config.snapshot_chunk_rows {
+                let chunk = std::mem::take(buffer);
+                let first = !written.insert(tenant.clone(), true).unwrap_or(false);
+                let mode = if first {
+                    SaveMode::Overwrite
+                } else {
+                    SaveMode::Append
+                };
+                let table = tables.get(&self.lake, &tenant).await?;
+                table.write(&chunk, None, mode).await?;
+                self.metrics
+                    .delta_commits_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            self.metrics
+                .snapshot_rows_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // The last commit of each tenant carries the marker: until it lands,
+        // the table counts as not copied and the next run starts over.
+        for (tenant, chunk) in buffers {
+            let first = !written.get(&tenant).copied().unwrap_or(false);
+            let mode = if first {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            };
+            let table = tables.get(&self.lake, &tenant).await?;
+            table.write(&chunk, Some(consistent_point), mode).await?;
+            tables.markers.insert(tenant, consistent_point);
+            self.metrics
+                .delta_commits_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let stream = rows.finish().await?;
+        slot::record_snapshot_completed(admin, slot_name).await?;
+        tracing::info!(
+            slot = %slot_name,
+            rows = copied,
+            seconds = started.elapsed().as_secs_f64(),
+            "initial snapshot copied"
+        );
+        Ok(stream)
+    }
+
+    async fn stream_changes(
+        &self,
+        stream: &mut LogicalReplicationStream,
+        tables: &mut Tables,
+        shutdown: &CancellationToken,
+    ) -> Result<(), LakehouseError> {
+        let mut open: Option<OpenTransaction> = None;
+        let mut batch = Batch::default();
+        let mut next_status = Instant::now();
+        let mut next_maintenance = self
+            .config
+            .maintenance
+            .as_ref()
+            .map(|m| Instant::now() + m.interval);
+        let mut alarm: Option<Alarm> = None;
+
+        loop {
+            let now = Instant::now();
+            if let Some(opened) = batch.opened_at
+                && open.is_none()
+                && (batch.changes >= self.config.batch_max_changes
+                    || now >= opened + self.config.batch_max_wait)
+            {
+                self.apply_batch(stream, tables, &mut batch).await?;
+            }
+            if now >= next_status {
+                if open.is_none() && batch.opened_at.is_none() {
+                    // Nothing is pending, so everything the server has sent
+                    // is applied: confirm it, or an idle slot would look
+                    // ever further behind while other tables write WAL.
+                    let received = stream.current_lsn();
+                    stream.shared_lsn_feedback.update_applied_lsn(received);
+                    self.metrics
+                        .confirmed_lsn
+                        .fetch_max(received, Ordering::Relaxed);
+                }
+                self.check_lag().await;
+                next_status = now + self.config.status_interval;
+            }
+            if let (Some(due), Some(config)) = (next_maintenance, &self.config.maintenance)
+                && now >= due
+                && open.is_none()
+                && batch.opened_at.is_none()
+            {
+                tables.refresh_known(&self.lake).await;
+                maintenance::maintain_all(&self.lake, &tables.names(), config).await;
+                tables.reload(&self.lake).await?;
+                next_maintenance = Some(Instant::now() + config.interval);
+            }
+
+            let mut wake_at = next_status;
+            if let Some(opened) = batch.opened_at {
+                wake_at = wake_at.min(opened + self.config.batch_max_wait);
+            }
+            if alarm
+                .as_ref()
+                .is_none_or(|a| a.token.is_cancelled() || a.at > wake_at)
+            {
+                if let Some(old) = alarm.take() {
+                    old.token.cancel();
+                }
+                alarm = Some(Alarm::new(shutdown, wake_at));
+            }
+            let token = &alarm.as_ref().expect("alarm set above").token;
+
+            let event = match stream.next_event(token).await {
+                Ok(event) => event,
+                Err(ReplicationError::Cancelled(_)) => {
+                    if shutdown.is_cancelled() {
+                        if open.is_none() && batch.opened_at.is_some() {
+                            self.apply_batch(stream, tables, &mut batch).await?;
+                        }
+                        tracing::info!(slot = %self.config.slot_name, "change capture stopped");
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
+            let lsn = event.lsn.value();
+            match event.event_type {
+                EventType::Begin { .. } => open = Some(OpenTransaction::default()),
+                EventType::Insert { table, data, .. } => {
+                    if table.as_ref() != "resource_versions" {
+                        continue;
+                    }
+                    let transaction = open.get_or_insert_with(OpenTransaction::default);
+                    // Commit LSN and time are filled in at the commit.
+                    let (tenant, record) = decode_row(&data, 0, None, Source::Wal, lsn)?;
+                    transaction.records.push((tenant, record));
+                }
+                EventType::Update { table, .. } | EventType::Delete { table, .. } => {
+                    tracing::warn!(
+                        table = %table,
+                        lsn = %format_lsn(lsn),
+                        "ignored an update or delete of a captured table, which should be append-only"
+                    );
+                }
+                EventType::Truncate {
+                    tables: truncated, ..
+                } => {
+                    tracing::error!(
+                        tables = ?truncated,
+                        lsn = %format_lsn(lsn),
+                        "a captured table was truncated; the lakehouse keeps its rows"
+                    );
+                }
+                EventType::Commit {
+                    commit_timestamp,
+                    commit_lsn,
+                    end_lsn,
+                } => {
+                    let transaction = open.take().unwrap_or_default();
+                    batch.add(
+                        transaction,
+                        commit_lsn.value(),
+                        commit_timestamp,
+                        end_lsn.value(),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Commits a batch to the tenants' tables, then confirms it to PostgreSQL.
+    async fn apply_batch(
+        &self,
+        stream: &mut LogicalReplicationStream,
+        tables: &mut Tables,
+        batch: &mut Batch,
+    ) -> Result<(), LakehouseError> {
+        let batch = std::mem::take(batch);
+        let started = Instant::now();
+        let mut written = 0usize;
+        for (tenant, records) in batch.by_tenant {
+            let marker = tables.marker(&self.lake, &tenant).await?;
+            let total = records.len();
+            let fresh: Vec<ChangeRecord> = match marker {
+                Some(marker) => records
+                    .into_iter()
+                    .filter(|r| r.commit_lsn > marker)
+                    .collect(),
+                None => records,
+            };
+            if fresh.len() < total {
+                let skipped = total - fresh.len();
+                tracing::info!(tenant = %tenant, skipped, "skipped changes already in the lakehouse");
+                self.metrics
+                    .replayed_transactions_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            let Some(last_lsn) = fresh.iter().map(|r| r.commit_lsn).max() else {
+                continue;
+            };
+            let table = tables.get(&self.lake, &tenant).await?;
+            table
+                .write(&fresh, Some(last_lsn), SaveMode::Append)
+                .await?;
+            tables.markers.insert(tenant.clone(), last_lsn);
+            written += fresh.len();
+            self.metrics
+                .delta_commits_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        stream.shared_lsn_feedback.update_applied_lsn(batch.end_lsn);
+        stream.send_feedback().await?;
+        self.metrics
+            .changes_total
+            .fetch_add(written as u64, Ordering::Relaxed);
+        self.metrics
+            .transactions_total
+            .fetch_add(batch.transactions, Ordering::Relaxed);
+        self.metrics
+            .confirmed_lsn
+            .fetch_max(batch.end_lsn, Ordering::Relaxed);
+        self.metrics
+            .last_batch_unix_ms
+            .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+        tracing::debug!(
+            changes = written,
+            transactions = batch.transactions,
+            lsn = %format_lsn(batch.end_lsn),
+            millis = started.elapsed().as_millis() as u64,
+            "batch applied"
+        );
+        Ok(())
+    }
+
+    async fn check_lag(&self) {
+        match slot::slot_info(self.db.admin_pool(), &self.config.slot_name).await {
+            Ok(Some(info)) => {
+                let lag = info.lag_bytes.unwrap_or(-1);
+                self.metrics.lag_bytes.store(lag, Ordering::Relaxed);
+                if lag > self.config.lag_warn_bytes {
+                    tracing::warn!(
+                        slot = %info.name,
+                        lag_bytes = lag,
+                        threshold_bytes = self.config.lag_warn_bytes,
+                        "change capture is behind; PostgreSQL retains WAL until it catches up"
+                    );
+                }
+            }
+            Ok(None) => tracing::warn!(slot = %self.config.slot_name, "replication slot not found"),
+            Err(err) => tracing::warn!(error = %err, "reading replication slot status failed"),
+        }
+    }
+}
+
+impl Batch {
+    fn add(
+        &mut self,
+        transaction: OpenTransaction,
+        commit_lsn: u64,
+        commit_time: DateTime<Utc>,
+        end_lsn: u64,
+    ) {
+        if self.opened_at.is_none() {
+            self.opened_at = Some(Instant::now());
+        }
+        self.transactions += 1;
+        self.end_lsn = self.end_lsn.max(end_lsn);
+        for (tenant, mut record) in transaction.records {
+            record.commit_lsn = commit_lsn;
+            record.commit_time = Some(commit_time);
+            self.by_tenant.entry(tenant).or_default().push(record);
+            self.changes += 1;
+        }
+    }
+}
+
+/// The bronze tables the worker has opened, and their capture markers.
+#[derive(Default)]
+struct Tables {
+    open: HashMap<String, BronzeTable>,
+    markers: HashMap<String, u64>,
+}
+
+impl Tables {
+    async fn get(
+        &mut self,
+        lake: &Lakehouse,
+        tenant: &str,
+    ) -> Result<&mut BronzeTable, LakehouseError> {
+        if !self.open.contains_key(tenant) {
+            let table = BronzeTable::open_or_create(lake, tenant).await?;
+            self.open.insert(tenant.to_owned(), table);
+        }
+        Ok(self.open.get_mut(tenant).expect("inserted above"))
+    }
+
+    /// Returns the capture marker of a tenant's table, read once per table.
+    async fn marker(
+        &mut self,
+        lake: &Lakehouse,
+        tenant: &str,
+    ) -> Result<Option<u64>, LakehouseError> {
+        if let Some(marker) = self.markers.get(tenant) {
+            return Ok(Some(*marker));
+        }
+        let marker = self.get(lake, tenant).await?.applied_lsn().await?;
+        if let Some(marker) = marker {
+            self.markers.insert(tenant.to_owned(), marker);
+        }
+        Ok(marker)
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.open.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Adds the tenants that have tables on disk but were not opened yet.
+    async fn refresh_known(&mut self, lake: &Lakehouse) {
+        for tenant in lake.local_tenants() {
+            if !self.open.contains_key(&tenant)
+                && let Ok(Some(table)) = BronzeTable::open(lake, &tenant).await
+            {
+                self.open.insert(tenant, table);
+            }
+        }
+    }
+
+    /// Reloads every open table after maintenance committed to it.
+    async fn reload(&mut self, _lake: &Lakehouse) -> Result<(), LakehouseError> {
+        for table in self.open.values_mut() {
+            table.refresh().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! The replication slot and the worker's progress record in PostgreSQL.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::bronze::{format_lsn, parse_lsn};
+use crate::error::LakehouseError;
+
+/// What PostgreSQL reports about a replication slot.
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub name: String,
+    /// Whether a walsender currently streams from it.
+    pub active: bool,
+    /// Position up to which the consumer confirmed its changes.
+    pub confirmed_flush_lsn: Option<u64>,
+    /// `reserved`, `extended`, `unreserved` or `lost` (the slot was
+    /// invalidated because it retained more WAL than `max_slot_wal_keep_size`).
+    pub wal_status: Option<String>,
+    /// WAL bytes written since the confirmed position.
+    pub lag_bytes: Option<i64>,
+    /// Time between a commit and the consumer's confirmation of it, as last
+    /// measured by the walsender; unknown when no walsender is active.
+    pub lag_seconds: Option<f64>,
+}
+
+/// The worker's record of its slot's snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotState {
+    pub snapshot_lsn: u64,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// Returns the server's `wal_level`.
+pub async fn wal_level(admin: &PgPool) -> Result<String, LakehouseError> {
+    Ok(sqlx::query_scalar("SELECT current_setting('wal_level')")
+        .fetch_one(admin)
+        .await?)
+}
+
+/// Fails with instructions unless the server can decode logical changes.
+pub async fn check_logical_replication(admin: &PgPool) -> Result<(), LakehouseError> {
+    let level = wal_level(admin).await?;
+    if level != "logical" {
+        return Err(LakehouseError::NotReplicable(format!(
+            "PostgreSQL runs with wal_level={level}; change capture needs wal_level=logical. \
+             Set it (ALTER SYSTEM SET wal_level = logical) and restart the server, or unset \
+             DATABASE_URL so Infoctor uses its private cluster, which has it"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a slot's status, or `None` when the slot does not exist.
+pub async fn slot_info(admin: &PgPool, slot: &str) -> Result<Option<SlotInfo>, LakehouseError> {
+    let row: Option<(
+        String,
+        bool,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<f64>,
+    )> = sqlx::query_as(
+        "SELECT s.slot_name::text, s.active, s.confirmed_flush_lsn::text, s.wal_status, \
+                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
+                    extract(epoch FROM r.replay_lag)::float8 \
+             FROM pg_replication_slots s \
+             LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_optional(admin)
+    .await?;
+    Ok(row.map(
+        |(name, active, confirmed, wal_status, lag_bytes, lag_seconds)| SlotInfo {
+            name,
+            active,
+            confirmed_flush_lsn: confirmed.as_deref().and_then(parse_lsn),
+            wal_status,
+            lag_bytes,
+            lag_seconds,
+        },
+    ))
+}
+
+/// Drops a slot that no walsender uses.
+pub async fn drop_slot(admin: &PgPool, slot: &str) -> Result<(), LakehouseError> {
+    let dropped = sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active")
+        .bind(slot)
+        .execute(admin)
+        .await?
+        .rows_affected();
+    if dropped == 0 && slot_info(admin, slot).await?.is_some() {
+        return Err(LakehouseError::SlotBusy(slot.to_owned()));
+    }
+    tracing::info!(slot, "replication slot dropped");
+    Ok(())
+}
+
+/// Reads the snapshot record of a slot.
+pub async fn snapshot_state(
+    admin: &PgPool,
+    slot: &str,
+) -> Result<Option<SnapshotState>, LakehouseError> {
+    let row: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT snapshot_lsn::text, snapshot_started_at, snapshot_completed_at \
+         FROM capture_state WHERE slot_name = $1",
+    )
+    .bind(slot)
+    .fetch_optional(admin)
+    .await?;
+    Ok(row.map(|(lsn, started_at, completed_at)| SnapshotState {
+        snapshot_lsn: parse_lsn(&lsn).unwrap_or(0),
+        started_at,
+        completed_at,
+    }))
+}
+
+/// Records that a snapshot at `lsn` is being copied.
+pub async fn record_snapshot_started(
+    admin: &PgPool,
+    slot: &str,
+    lsn: u64,
+) -> Result<(), LakehouseError> {
+    sqlx::query(
+        "INSERT INTO capture_state (slot_name, snapshot_lsn) VALUES ($1, $2::pg_lsn) \
+         ON CONFLICT (slot_name) DO UPDATE SET snapshot_lsn = EXCLUDED.snapshot_lsn, \
+             snapshot_started_at = now(), snapshot_completed_at = NULL",
+    )
+    .bind(slot)
+    .bind(format_lsn(lsn))
+    .execute(admin)
+    .await?;
+    Ok(())
+}
+
+/// Records that the snapshot's copy is committed in every tenant's table.
+pub async fn record_snapshot_completed(admin: &PgPool, slot: &str) -> Result<(), LakehouseError> {
+    sqlx::query("UPDATE capture_state SET snapshot_completed_at = now() WHERE slot_name = $1")
+        .bind(slot)
+        .execute(admin)
+        .await?;
+    Ok(())
+}
+
+/// Forgets a slot's snapshot, so the next run copies a new one.
+pub async fn clear_snapshot_state(admin: &PgPool, slot: &str) -> Result<(), LakehouseError> {
+    sqlx::query("DELETE FROM capture_state WHERE slot_name = $1")
+        .bind(slot)
+        .execute(admin)
+        .await?;
+    Ok(())
+}
+
+/// A session-level advisory lock that makes one worker the only consumer of
+/// a slot. PostgreSQL releases it when the connection closes, including when
+/// the process is killed.
+pub struct SlotLock {
+    connection: PgConnection,
+}
+
+impl SlotLock {
+    /// Takes the lock for `slot`, or fails with [`LakehouseError::SlotBusy`].
+    pub async fn acquire(admin_url: &str, slot: &str) -> Result<SlotLock, LakehouseError> {
+        let mut connection = PgConnection::connect(admin_url).await?;
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended('infoctor-capture:' || $1, 0))",
+        )
+        .bind(slot)
+        .fetch_one(&mut connection)
+        .await?;
+        if !locked {
+            return Err(LakehouseError::SlotBusy(slot.to_owned()));
+        }
+        Ok(SlotLock { connection })
+    }
+
+    /// Releases the lock and closes its connection.
+    pub async fn release(self) {
+        if let Err(err) = self.connection.close().await {
+            tracing::warn!(error = %err, "closing the capture lock connection failed");
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Errors of the lakehouse: change capture, Delta tables and SQL.
+
+/// Error raised by change capture, table maintenance or SQL.
+#[derive(Debug, thiserror::Error)]
+pub enum LakehouseError {
+    /// The lakehouse root is neither a folder nor a supported URL.
+    #[error("invalid lakehouse root '{root}': {reason}")]
+    InvalidRoot { root: String, reason: String },
+    /// A Delta Lake operation failed.
+    #[error("Delta table {table}: {source}")]
+    Delta {
+        table: String,
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// Building or reading Arrow data failed.
+    #[error("Arrow data: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// An operational database query failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The replication stream failed.
+    #[error("logical replication: {0}")]
+    Replication(#[from] pg_walstream::ReplicationError),
+    /// The database is not set up for logical replication.
+    #[error("{0}")]
+    NotReplicable(String),
+    /// Another capture worker holds the replication slot.
+    #[error(
+        "replication slot '{0}' is held by another capture worker; stop it first or use another slot name"
+    )]
+    SlotBusy(String),
+    /// A replicated row does not have the shape of `resource_versions`.
+    #[error("unexpected change record at LSN {lsn}: {reason}")]
+    Decode { lsn: String, reason: String },
+    /// The tenant does not exist.
+    #[error("tenant '{0}' not found")]
+    UnknownTenant(String),
+    /// Local file access failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LakehouseError {
+    pub(crate) fn delta(
+        table: impl std::fmt::Display,
+    ) -> impl FnOnce(deltalake::DeltaTableError) -> Self {
+        let table = table.to_string();
+        move |source| LakehouseError::Delta { table, source }
+    }
+}

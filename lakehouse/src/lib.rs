@@ -1,0 +1,25 @@
+//! The lakehouse of Infoctor: every committed change of the operational
+//! store, captured from PostgreSQL logical replication into per-tenant Delta
+//! Lake tables, and read-only SQL over them through DataFusion.
+//!
+//! | module | role |
+//! |---|---|
+//! | [`capture`] | the capture worker: slot, snapshot copy, exactly-once batches |
+//! | [`bronze`] | the change-log table and its schema |
+//! | [`layout`] | where each tenant's tables live |
+//! | [`maintenance`] | compaction, vacuum, checkpoints |
+//! | [`sql`] | tenant-isolated, limited SQL sessions and result formats |
+//! | [`status`] | slot lag and table state, as a report and as metrics |
+//! | [`api`] | HTTP routes for SQL and metrics |
+
+pub mod api;
+pub mod bronze;
+pub mod capture;
+pub mod error;
+pub mod layout;
+pub mod maintenance;
+pub mod sql;
+pub mod status;
+
+pub use error::LakehouseError;
+pub use layout::Lakehouse;

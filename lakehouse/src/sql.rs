@@ -1,0 +1,357 @@
+//! Read-only SQL over one tenant's lakehouse, through DataFusion.
+//!
+//! Isolation is by construction: every query gets a new session whose
+//! catalog holds only the tables under that tenant's root, so no statement
+//! can name another tenant's data. DDL, DML and other statements (`COPY`,
+//! `SET`, `CREATE EXTERNAL TABLE`) are rejected before planning, URL tables
+//! are not enabled, and no file-reading table function is registered. Each
+//! session has a memory pool of fixed size; queries run on their own Tokio
+//! runtime with a bounded number of threads and concurrent queries, under a
+//! time limit and a row cap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::SQLOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+use crate::bronze::{self, BronzeTable};
+use crate::layout::Lakehouse;
+
+/// Definition of `resources_current`: the latest version of every resource
+/// whose latest version is not a delete.
+const RESOURCES_CURRENT: &str = "CREATE VIEW resources_current AS \
+    SELECT resource_type, id, version_id, last_updated, resource FROM ( \
+        SELECT resource_type, id, version_id, operation, last_updated, resource, \
+               row_number() OVER (PARTITION BY resource_type, id ORDER BY version_id DESC) AS rn \
+        FROM bronze) AS latest \
+    WHERE rn = 1 AND operation <> 'delete'";
+
+/// Limits applied to every query.
+#[derive(Debug, Clone)]
+pub struct QueryLimits {
+    /// Memory a query may hold for sorts, joins and aggregations, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock limit of one query, planning included.
+    pub timeout: Duration,
+    /// Largest number of result rows; larger results fail with a message
+    /// asking for LIMIT or aggregation.
+    pub max_rows: usize,
+    /// Queries that run at once; later ones wait for a slot.
+    pub max_concurrent: usize,
+    /// Threads of the query runtime.
+    pub threads: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> QueryLimits {
+        QueryLimits {
+            memory_bytes: 1 << 30,
+            timeout: Duration::from_secs(60),
+            max_rows: 100_000,
+            max_concurrent: 4,
+            threads: 2,
+        }
+    }
+}
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The statement is not a read-only query.
+    #[error("statement not allowed: {0}; only SELECT, WITH, EXPLAIN and SHOW queries are accepted")]
+    NotAllowed(String),
+    /// The SQL does not parse or names something unknown.
+    #[error("invalid query: {0}")]
+    Invalid(String),
+    /// The query ran out of its memory budget.
+    #[error(
+        "query needs more than {limit_mib} MiB of memory; filter earlier or aggregate: {detail}"
+    )]
+    Memory { limit_mib: usize, detail: String },
+    /// The query ran longer than allowed.
+    #[error("query timed out after {0:?}; add filters or a LIMIT")]
+    Timeout(Duration),
+    /// The result has more rows than allowed.
+    #[error("query returned more than {0} rows; add a LIMIT or aggregate")]
+    TooManyRows(usize),
+    /// The tenant's tables could not be opened or read.
+    #[error("lakehouse error: {0}")]
+    Lakehouse(String),
+}
+
+impl QueryError {
+    fn from_datafusion(err: DataFusionError, limits: &QueryLimits) -> QueryError {
+        match err.find_root() {
+            // SQLOptions::verify_plan reports a disallowed statement as a
+            // planning error with this wording.
+            DataFusionError::Plan(message)
+                if message.starts_with("DDL not supported")
+                    || message.starts_with("DML not supported")
+                    || message.starts_with("Statement not supported") =>
+            {
+                QueryError::NotAllowed(message.clone())
+            }
+            DataFusionError::ResourcesExhausted(detail) => QueryError::Memory {
+                limit_mib: limits.memory_bytes >> 20,
+                detail: detail.clone(),
+            },
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_) => QueryError::Invalid(err.to_string()),
+            _ => QueryError::Lakehouse(err.to_string()),
+        }
+    }
+}
+
+/// A query's result.
+#[derive(Debug, Clone)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+    pub rows: usize,
+}
+
+/// Runs tenants' SQL on a runtime of its own.
+pub struct QueryService {
+    lake: Lakehouse,
+    limits: QueryLimits,
+    runtime: QueryRuntime,
+    permits: Arc<Semaphore>,
+}
+
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl QueryService {
+    /// Starts the query runtime.
+    pub fn new(lake: Lakehouse, limits: QueryLimits) -> std::io::Result<QueryService> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(limits.threads.max(1))
+            .thread_name("infoctor-sql")
+            .enable_all()
+            .build()?;
+        let permits = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
+        Ok(QueryService {
+            lake,
+            limits,
+            runtime: QueryRuntime(Some(runtime)),
+            permits,
+        })
+    }
+
+    /// Returns the limits.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
+    /// Runs one read-only statement over a tenant's tables. The caller checks
+    /// that the tenant exists.
+    pub async fn query(&self, tenant: &str, sql: &str) -> Result<QueryResult, QueryError> {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| QueryError::Lakehouse("query service is shutting down".to_owned()))?;
+        let lake = self.lake.clone();
+        let limits = self.limits.clone();
+        let tenant = tenant.to_owned();
+        let sql = sql.to_owned();
+        let runtime = self.runtime.0.as_ref().expect("runtime lives until drop");
+        let timeout = limits.timeout;
+        let task = runtime.spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(timeout, run_query(&lake, &tenant, &sql, &limits)).await {
+                Ok(result) => result,
+                Err(_) => Err(QueryError::Timeout(timeout)),
+            }
+        });
+        task.await
+            .map_err(|err| QueryError::Lakehouse(format!("query task failed: {err}")))?
+    }
+}
+
+async fn run_query(
+    lake: &Lakehouse,
+    tenant: &str,
+    sql: &str,
+    limits: &QueryLimits,
+) -> Result<QueryResult, QueryError> {
+    let ctx = tenant_session(lake, tenant, limits).await?;
+    let options = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let frame = ctx
+        .sql_with_options(sql, options)
+        .await
+        .map_err(|err| QueryError::from_datafusion(err, limits))?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let mut stream = frame
+        .execute_stream()
+        .await
+        .map_err(|err| QueryError::from_datafusion(err, limits))?;
+    let mut batches = Vec::new();
+    let mut rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|err| QueryError::from_datafusion(err, limits))?;
+        rows += batch.num_rows();
+        if rows > limits.max_rows {
+            return Err(QueryError::TooManyRows(limits.max_rows));
+        }
+        batches.push(batch);
+    }
+    Ok(QueryResult {
+        schema,
+        batches,
+        rows,
+    })
+}
+
+/// Builds a session holding only `tenant`'s tables: `bronze` and the view
+/// `resources_current`. A tenant without captured data gets empty tables.
+pub async fn tenant_session(
+    lake: &Lakehouse,
+    tenant: &str,
+    limits: &QueryLimits,
+) -> Result<SessionContext, QueryError> {
+    let runtime_env = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .build_arc()
+        .map_err(|err| QueryError::Lakehouse(err.to_string()))?;
+    let config = SessionConfig::new()
+        .with_target_partitions(limits.threads.max(1))
+        .with_information_schema(true);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime_env)
+        .with_default_features()
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    let lakehouse_error = |err: &dyn std::fmt::Display| QueryError::Lakehouse(err.to_string());
+
+    match BronzeTable::open(lake, tenant)
+        .await
+        .map_err(|err| lakehouse_error(&err))?
+    {
+        Some(table) => {
+            table
+                .delta()
+                .update_datafusion_session(&ctx.state())
+                .map_err(|err| lakehouse_error(&err))?;
+            let provider = table
+                .delta()
+                .table_provider()
+                .await
+                .map_err(|err| lakehouse_error(&err))?;
+            ctx.register_table("bronze", provider)
+                .map_err(|err| lakehouse_error(&err))?;
+        }
+        None => {
+            let empty = MemTable::try_new(bronze::schema(), vec![vec![]])
+                .map_err(|err| lakehouse_error(&err))?;
+            ctx.register_table("bronze", Arc::new(empty))
+                .map_err(|err| lakehouse_error(&err))?;
+        }
+    }
+    ctx.sql(RESOURCES_CURRENT)
+        .await
+        .map_err(|err| lakehouse_error(&err))?;
+    Ok(ctx)
+}
+
+/// Output formats of query results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// A text table for terminals.
+    Table,
+    /// CSV with a header row.
+    Csv,
+    /// A JSON array of row objects.
+    Json,
+    /// Arrow IPC stream format.
+    Arrow,
+}
+
+impl OutputFormat {
+    /// Returns the media type of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutputFormat::Table => "text/plain; charset=utf-8",
+            OutputFormat::Csv => "text/csv; charset=utf-8",
+            OutputFormat::Json => "application/json",
+            OutputFormat::Arrow => "application/vnd.apache.arrow.stream",
+        }
+    }
+
+    /// Parses a format name (`table`, `csv`, `json`, `arrow`).
+    pub fn parse(name: &str) -> Option<OutputFormat> {
+        match name {
+            "table" | "text" => Some(OutputFormat::Table),
+            "csv" => Some(OutputFormat::Csv),
+            "json" => Some(OutputFormat::Json),
+            "arrow" => Some(OutputFormat::Arrow),
+            _ => None,
+        }
+    }
+}
+
+/// Serialises a result in the given format.
+pub fn render(
+    result: &QueryResult,
+    format: OutputFormat,
+) -> Result<Vec<u8>, arrow::error::ArrowError> {
+    let mut out = Vec::new();
+    match format {
+        OutputFormat::Table => {
+            let table = arrow::util::pretty::pretty_format_batches(&result.batches)?;
+            out.extend_from_slice(table.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        OutputFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            if result.batches.is_empty() {
+                writer.write(&RecordBatch::new_empty(Arc::clone(&result.schema)))?;
+            }
+            for batch in &result.batches {
+                writer.write(batch)?;
+            }
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(&mut out);
+            for batch in &result.batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+            if out.is_empty() {
+                out.extend_from_slice(b"[]");
+            }
+        }
+        OutputFormat::Arrow => {
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &result.schema)?;
+            for batch in &result.batches {
+                writer.write(batch)?;
+            }
+            writer.finish()?;
+        }
+    }
+    Ok(out)
+}
