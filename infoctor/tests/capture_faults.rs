@@ -1,0 +1,406 @@
+//! Change capture under faults, on the 400-patient Synthea set: the capture
+//! process is killed with SIGKILL at random points while the set loads and
+//! restarted each time; afterwards every resource version in PostgreSQL is
+//! in the lakehouse exactly once, and the lakehouse's current resources
+//! match the FHIR API's counts. A second, first-time capture of the loaded
+//! database (a new slot and lakehouse) must reach the same counts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use infoctor_ehr_ops::api::{self, ApiConfig};
+use infoctor_ehr_ops::load::{self, LoadOptions, NoProgress};
+use infoctor_ehr_ops::postgres::{Database, DatabaseConfig};
+use infoctor_ehr_ops::tenants;
+use infoctor_lakehouse::Lakehouse;
+use infoctor_lakehouse::sql::{QueryLimits, QueryService};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::Connection;
+
+const TENANT: &str = "faults";
+const MIN_KILLS: usize = 20;
+
+fn server_url() -> String {
+    std::env::var("INFOCTOR_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let scheme_end = head.find("://").map_or(0, |i| i + 3);
+    let base = head[scheme_end..]
+        .find('/')
+        .map_or(head, |slash| &head[..scheme_end + slash]);
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+fn test_data() -> PathBuf {
+    let dir = std::env::var_os("INFOCTOR_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
+        });
+    assert!(
+        dir.join("synthea-r4-2019/ndjson").is_dir(),
+        "test data folder {} not found; set INFOCTOR_TEST_DATA",
+        dir.display()
+    );
+    dir
+}
+
+/// A small xorshift generator: the kill points only need to vary, and the
+/// seed is printed so a failing run can be repeated.
+struct Random(u64);
+
+impl Random {
+    fn next_millis(&mut self, low: u64, high: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        low + self.0 % (high - low)
+    }
+}
+
+struct Capture<'a> {
+    database_url: &'a str,
+    lake: &'a Path,
+    slot: &'a str,
+    log: &'a Path,
+}
+
+impl Capture<'_> {
+    fn spawn(&self) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_infoctor"))
+            .args([
+                "capture",
+                "--capture-slot",
+                self.slot,
+                "--maintenance-minutes",
+                "0",
+            ])
+            .args(["--capture-batch-ms", "100"])
+            .env("DATABASE_URL", self.database_url)
+            .env("INFOCTOR_LAKEHOUSE_ROOT", self.lake)
+            .env("INFOCTOR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start infoctor capture")
+    }
+}
+
+async fn version_keys(db: &Database) -> Vec<(String, String, i64)> {
+    sqlx::query_as(
+        "SELECT resource_type, id, version_id FROM resource_versions WHERE tenant = $1 ORDER BY 1, 2, 3",
+    )
+    .bind(TENANT)
+    .fetch_all(db.admin_pool())
+    .await
+    .unwrap()
+}
+
+/// Returns every (type, id, version) in the lakehouse with how often it occurs.
+async fn lake_keys(queries: &QueryService) -> Vec<((String, String, i64), i64)> {
+    let result = queries
+        .query(
+            TENANT,
+            "SELECT resource_type, id, version_id, count(*) AS copies FROM bronze \
+             GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .await
+        .unwrap();
+    let mut keys = Vec::with_capacity(result.rows);
+    for batch in &result.batches {
+        let types = text_column(batch, 0);
+        let types = types.as_string::<i32>();
+        let ids = text_column(batch, 1);
+        let ids = ids.as_string::<i32>();
+        let versions = batch.column(2).as_primitive::<Int64Type>();
+        let copies = batch.column(3).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            keys.push((
+                (
+                    types.value(row).to_owned(),
+                    ids.value(row).to_owned(),
+                    versions.value(row),
+                ),
+                copies.value(row),
+            ));
+        }
+    }
+    keys
+}
+
+/// Returns a text column as `Utf8`; DataFusion reads Parquet strings as views.
+fn text_column(batch: &arrow::record_batch::RecordBatch, column: usize) -> arrow::array::ArrayRef {
+    arrow::compute::cast(batch.column(column), &arrow::datatypes::DataType::Utf8).unwrap()
+}
+
+async fn bronze_rows(queries: &QueryService) -> i64 {
+    let result = queries
+        .query(TENANT, "SELECT count(*) FROM bronze")
+        .await
+        .unwrap();
+    result.batches[0]
+        .column(0)
+        .as_primitive::<Int64Type>()
+        .value(0)
+}
+
+async fn lake_current_counts(queries: &QueryService) -> BTreeMap<String, i64> {
+    let result = queries
+        .query(
+            TENANT,
+            "SELECT resource_type, count(*) FROM resources_current GROUP BY 1",
+        )
+        .await
+        .unwrap();
+    let mut counts = BTreeMap::new();
+    for batch in &result.batches {
+        let types = text_column(batch, 0);
+        let types = types.as_string::<i32>();
+        let numbers = batch.column(1).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            counts.insert(types.value(row).to_owned(), numbers.value(row));
+        }
+    }
+    counts
+}
+
+/// Asks the FHIR API for `_summary=count` of every type the lakehouse holds.
+async fn api_counts(base: &str, types: impl Iterator<Item = String>) -> BTreeMap<String, i64> {
+    let client = reqwest::Client::new();
+    let mut counts = BTreeMap::new();
+    for resource_type in types {
+        let bundle: serde_json::Value = client
+            .get(format!(
+                "{base}/fhir/{TENANT}/{resource_type}?_summary=count"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        counts.insert(resource_type, bundle["total"].as_i64().expect("total"));
+    }
+    counts
+}
+
+async fn wait_caught_up(db: &Database, queries: &QueryService, child: &mut Child, log: &Path) {
+    let expected = version_keys(db).await.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if bronze_rows(queries).await == expected {
+            return;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "capture exited with {status}; log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "capture did not catch up; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs scripts/read_delta.py with INFOCTOR_TEST_PYTHON (default python3).
+fn read_with_python(table: &Path) -> serde_json::Value {
+    let python = std::env::var("INFOCTOR_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/read_delta.py");
+    let output = Command::new(&python)
+        .arg(script)
+        .arg(table)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {python}: {err}; set INFOCTOR_TEST_PYTHON"));
+    assert!(
+        output.status.success(),
+        "{python} read_delta.py failed: {}\ninstall the reader with \
+         `pip install -r scripts/requirements-test.txt` or run the tests through scripts/test",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("reader output is JSON")
+}
+
+fn stop(mut child: Child) {
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "capture exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_survives_kills_during_full_load() {
+    let data = test_data().join("synthea-r4-2019/ndjson");
+    let server = server_url();
+    let name = format!("infoctor_lh_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let database_url = with_database(&server, &name);
+    let db = Database::connect(&DatabaseConfig {
+        admin_url: database_url.clone(),
+        app_password: None,
+        max_connections: 8,
+    })
+    .await
+    .unwrap();
+    tenants::create(&db, TENANT).await.unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let slot = format!("test_{}", &name["infoctor_lh_".len()..]);
+    let log = work.path().join("capture.log");
+    let lake_dir = work.path().join("lake");
+    let capture = Capture {
+        database_url: &database_url,
+        lake: &lake_dir,
+        slot: &slot,
+        log: &log,
+    };
+
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("kill schedule seed: {seed}");
+    let mut random = Random(seed);
+    let loader_db = db.clone();
+    let loading = tokio::spawn(async move {
+        load::load(
+            &loader_db,
+            TENANT,
+            &[data],
+            &LoadOptions::default(),
+            &NoProgress,
+        )
+        .await
+    });
+    let mut kills_during_load = 0usize;
+    while !loading.is_finished() {
+        let mut child = capture.spawn();
+        tokio::time::sleep(Duration::from_millis(random.next_millis(300, 1500))).await;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        if !loading.is_finished() {
+            kills_during_load += 1;
+        }
+    }
+    let report = loading.await.unwrap().expect("load the 400-patient set");
+    assert_eq!(report.total(), 124_034);
+    println!("{kills_during_load} kills during the load");
+    assert!(
+        kills_during_load >= MIN_KILLS,
+        "only {kills_during_load} kills happened during the load; expected at least {MIN_KILLS}"
+    );
+
+    let lake = Lakehouse::from_folder(&lake_dir).unwrap();
+    let queries = QueryService::new(
+        lake,
+        QueryLimits {
+            max_rows: 10_000_000,
+            ..QueryLimits::default()
+        },
+    )
+    .unwrap();
+    let mut child = capture.spawn();
+    wait_caught_up(&db, &queries, &mut child, &log).await;
+    stop(child);
+
+    let expected = version_keys(&db).await;
+    let found = lake_keys(&queries).await;
+    let duplicated: Vec<_> = found
+        .iter()
+        .filter(|(_, copies)| *copies != 1)
+        .take(5)
+        .collect();
+    assert!(
+        duplicated.is_empty(),
+        "versions stored more than once: {duplicated:?}"
+    );
+    let found: Vec<_> = found.into_iter().map(|(key, _)| key).collect();
+    assert_eq!(found.len(), expected.len());
+    assert!(
+        found == expected,
+        "the lakehouse and PostgreSQL hold different versions"
+    );
+
+    let router = api::router(db.clone(), ApiConfig::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let lake_counts = lake_current_counts(&queries).await;
+    assert_eq!(lake_counts.values().sum::<i64>(), 124_034);
+    assert_eq!(
+        lake_counts,
+        api_counts(&base, lake_counts.keys().cloned()).await
+    );
+
+    // An independent reader (Python deltalake with pyarrow's Parquet reader)
+    // sees the same table.
+    let independent = read_with_python(&lake_dir.join(TENANT).join("bronze"));
+    assert_eq!(independent["rows"].as_i64(), Some(expected.len() as i64));
+    assert_eq!(
+        independent["distinct_versions"].as_i64(),
+        Some(expected.len() as i64)
+    );
+    let independent_current: BTreeMap<String, i64> =
+        serde_json::from_value(independent["current"].clone()).unwrap();
+    assert_eq!(independent_current, lake_counts);
+
+    // A first capture of the loaded database copies it from the snapshot.
+    let second_lake = work.path().join("lake-second");
+    let second_slot = format!("{slot}_2");
+    let first_run = Capture {
+        database_url: &database_url,
+        lake: &second_lake,
+        slot: &second_slot,
+        log: &log,
+    };
+    let second_queries = QueryService::new(
+        Lakehouse::from_folder(&second_lake).unwrap(),
+        QueryLimits::default(),
+    )
+    .unwrap();
+    let mut child = first_run.spawn();
+    wait_caught_up(&db, &second_queries, &mut child, &log).await;
+    stop(child);
+    assert_eq!(lake_current_counts(&second_queries).await, lake_counts);
+
+    db.close().await;
+    for slot in [&slot, &second_slot] {
+        sqlx::query("SELECT pg_drop_replication_slot($1)")
+            .bind(slot)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
