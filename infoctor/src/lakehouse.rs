@@ -12,7 +12,7 @@ use infoctor_lakehouse::sql::QueryLimits;
 use infoctor_lakehouse::{Lakehouse, LakehouseError};
 use tokio_util::sync::CancellationToken;
 
-/// Where the lakehouse lives.
+/// Location of the lakehouse.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LakeArgs {
     /// Root folder (or file:// URL) of the per-tenant Delta tables.
@@ -112,34 +112,48 @@ impl SqlLimitArgs {
 /// Runs the capture worker until `shutdown`, restarting it after failures.
 /// Every restart resumes from what the lakehouse already holds. A database
 /// without logical replication stops the task with an error.
+///
+/// The worker runs on a runtime of its own, one thread, so encoding Parquet
+/// files never holds up the API's threads. The returned task ends when the
+/// worker has stopped.
 pub fn spawn_capture(
     db: Database,
     lake: Lakehouse,
     config: CaptureConfig,
     shutdown: CancellationToken,
-) -> (tokio::task::JoinHandle<()>, Arc<CaptureMetrics>) {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, Arc<CaptureMetrics>)> {
     let worker = CaptureWorker::new(db, lake, config);
     let metrics = worker.metrics();
-    let handle = tokio::spawn(async move {
-        let mut delay = Duration::from_secs(1);
-        loop {
-            tracing::info!("change capture starting");
-            match worker.run(shutdown.clone()).await {
-                Ok(()) => return,
-                Err(LakehouseError::NotReplicable(message)) => {
-                    tracing::error!(reason = %message, "change capture disabled");
-                    return;
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, retry_in_secs = delay.as_secs(), "change capture failed; restarting");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            delay = (delay * 2).min(Duration::from_secs(30));
-        }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("infoctor-capture")
+        .enable_all()
+        .build()
+        .context("starting the change capture runtime")?;
+    let handle = tokio::task::spawn_blocking(move || {
+        runtime.block_on(supervise(worker, shutdown));
     });
-    (handle, metrics)
+    Ok((handle, metrics))
+}
+
+async fn supervise(worker: CaptureWorker, shutdown: CancellationToken) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        tracing::info!("change capture starting");
+        match worker.run(shutdown.clone()).await {
+            Ok(()) => return,
+            Err(LakehouseError::NotReplicable(message)) => {
+                tracing::error!(reason = %message, "change capture disabled");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, retry_in_secs = delay.as_secs(), "change capture failed; restarting");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
 }

@@ -21,7 +21,7 @@ use crate::layout::{BRONZE_TABLE, Lakehouse};
 /// Delta commit holds.
 pub const CAPTURE_APP_ID: &str = "infoctor-capture";
 
-/// What a change did to its resource.
+/// Kind of change made to a resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     Create,
@@ -50,7 +50,7 @@ impl Operation {
     }
 }
 
-/// How a row reached the lakehouse.
+/// Origin of a bronze row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// Copied from the replication slot's snapshot: the commit LSN is the

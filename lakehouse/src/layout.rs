@@ -1,4 +1,4 @@
-//! Where each tenant's Delta tables live.
+//! Locations of the tenants' Delta tables.
 //!
 //! Every tenant has its own root, `{lakehouse root}/{tenant}/`, holding
 //! `bronze/` (the change log) and, later, one folder per analytic table. A

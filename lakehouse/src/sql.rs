@@ -5,9 +5,9 @@
 //! can name another tenant's data. DDL, DML and other statements (`COPY`,
 //! `SET`, `CREATE EXTERNAL TABLE`) are rejected before planning, URL tables
 //! are not enabled, and no file-reading table function is registered. Each
-//! session has a memory pool of fixed size; queries run on their own Tokio
-//! runtime with a bounded number of threads and concurrent queries, under a
-//! time limit and a row cap.
+//! session has a memory pool of fixed size. Queries run on their own Tokio
+//! runtime, with bounded threads and concurrency, under a time limit and a
+//! row cap.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +63,7 @@ impl Default for QueryLimits {
     }
 }
 
-/// Why a query failed.
+/// Error of a query.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The statement is not a read-only query.

@@ -59,7 +59,7 @@ pub async fn serve_until_signal(
         (None, None)
     } else {
         let (handle, metrics) =
-            spawn_capture(db.clone(), lake.clone(), capture_config, shutdown.clone());
+            spawn_capture(db.clone(), lake.clone(), capture_config, shutdown.clone())?;
         (Some(handle), Some(metrics))
     };
     let queries = QueryService::new(lake.clone(), services.sql.limits())

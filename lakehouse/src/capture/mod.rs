@@ -20,9 +20,9 @@
 mod decode;
 pub mod slot;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -96,6 +96,54 @@ pub struct CaptureMetrics {
     pub last_batch_unix_ms: AtomicI64,
     /// Slot lag in bytes at the last check, -1 when unknown.
     pub lag_bytes: AtomicI64,
+    /// Delay from each transaction's PostgreSQL commit to the Delta commit
+    /// that made it queryable.
+    pub commit_latency: Mutex<LatencyWindow>,
+}
+
+/// The most recent latency samples, in seconds.
+#[derive(Debug, Default)]
+pub struct LatencyWindow {
+    samples: VecDeque<f64>,
+}
+
+impl LatencyWindow {
+    /// Samples kept; older ones are dropped.
+    pub const CAPACITY: usize = 100_000;
+
+    fn record(&mut self, seconds: f64) {
+        if self.samples.len() == Self::CAPACITY {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(seconds);
+    }
+
+    /// Returns the number of samples in the window.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Returns whether the window has no samples.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    /// Returns the value below which `fraction` of the samples fall
+    /// (nearest rank), or `None` without samples.
+    pub fn quantile(&self, fraction: f64) -> Option<f64> {
+        if self.samples.is_empty() {
+            return None;
+        }
+        let mut sorted: Vec<f64> = self.samples.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let rank = ((sorted.len() as f64) * fraction).ceil() as usize;
+        Some(sorted[rank.clamp(1, sorted.len()) - 1])
+    }
+
+    /// Removes all samples.
+    pub fn clear(&mut self) {
+        self.samples.clear();
+    }
 }
 
 /// The capture worker.
@@ -120,6 +168,8 @@ struct Batch {
     transactions: u64,
     /// End LSN of the last transaction, confirmed once the batch is applied.
     end_lsn: u64,
+    /// Commit time of each transaction, for the latency metric.
+    commit_times: Vec<DateTime<Utc>>,
     opened_at: Option<Instant>,
 }
 
@@ -488,6 +538,14 @@ impl CaptureWorker {
                 .delta_commits_total
                 .fetch_add(1, Ordering::Relaxed);
         }
+        let applied_at = Utc::now();
+        if let Ok(mut window) = self.metrics.commit_latency.lock() {
+            for committed in &batch.commit_times {
+                let seconds =
+                    (applied_at - *committed).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                window.record(seconds.max(0.0));
+            }
+        }
         stream.shared_lsn_feedback.update_applied_lsn(batch.end_lsn);
         stream.send_feedback().await?;
         self.metrics
@@ -545,6 +603,7 @@ impl Batch {
         }
         self.transactions += 1;
         self.end_lsn = self.end_lsn.max(end_lsn);
+        self.commit_times.push(commit_time);
         for (tenant, mut record) in transaction.records {
             record.commit_lsn = commit_lsn;
             record.commit_time = Some(commit_time);

@@ -6,7 +6,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::bronze::{format_lsn, parse_lsn};
 use crate::error::LakehouseError;
 
-/// What PostgreSQL reports about a replication slot.
+/// Status of a replication slot, as PostgreSQL reports it.
 #[derive(Debug, Clone)]
 pub struct SlotInfo {
     pub name: String,
@@ -84,18 +84,32 @@ pub async fn slot_info(admin: &PgPool, slot: &str) -> Result<Option<SlotInfo>, L
     ))
 }
 
-/// Drops a slot that no walsender uses.
+/// Drops a slot that no walsender uses. A walsender whose client just
+/// disconnected takes a moment to exit, so an active slot is waited for up
+/// to ten seconds before the drop fails with [`LakehouseError::SlotBusy`].
 pub async fn drop_slot(admin: &PgPool, slot: &str) -> Result<(), LakehouseError> {
-    let dropped = sqlx::query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let dropped = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE slot_name = $1 AND NOT active",
+        )
         .bind(slot)
         .execute(admin)
         .await?
         .rows_affected();
-    if dropped == 0 && slot_info(admin, slot).await?.is_some() {
-        return Err(LakehouseError::SlotBusy(slot.to_owned()));
+        if dropped > 0 {
+            tracing::info!(slot, "replication slot dropped");
+            return Ok(());
+        }
+        if slot_info(admin, slot).await?.is_none() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(LakehouseError::SlotBusy(slot.to_owned()));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    tracing::info!(slot, "replication slot dropped");
-    Ok(())
 }
 
 /// Reads the snapshot record of a slot.
