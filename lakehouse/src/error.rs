@@ -33,6 +33,12 @@ pub enum LakehouseError {
     /// A replicated row does not have the shape of `resource_versions`.
     #[error("unexpected change record at LSN {lsn}: {reason}")]
     Decode { lsn: String, reason: String },
+    /// A view definition cannot be used.
+    #[error("invalid view '{name}': {reason}")]
+    InvalidView { name: String, reason: String },
+    /// Reading the change log for a view failed.
+    #[error("view update failed: {0}")]
+    View(String),
     /// The tenant does not exist.
     #[error("tenant '{0}' not found")]
     UnknownTenant(String),

@@ -10,6 +10,7 @@
 //! | [`maintenance`] | compaction, vacuum, checkpoints |
 //! | [`sql`] | tenant-isolated, limited SQL sessions and result formats |
 //! | [`status`] | slot lag and table state, as a report and as metrics |
+//! | [`views`] | SQL on FHIR views materialised as Delta tables |
 //! | [`api`] | HTTP routes for SQL and metrics |
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod layout;
 pub mod maintenance;
 pub mod sql;
 pub mod status;
+pub mod views;
 
 pub use error::LakehouseError;
 pub use layout::Lakehouse;

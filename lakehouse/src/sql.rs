@@ -224,8 +224,10 @@ async fn run_query(
     })
 }
 
-/// Builds a session holding only `tenant`'s tables: `bronze` and the view
-/// `resources_current`. A tenant without captured data gets empty tables.
+/// Builds a session holding only `tenant`'s tables: `bronze`, the view
+/// `resources_current`, and the tenant's materialised view tables
+/// (`patient`, `observation`, ...). A tenant without captured data gets an
+/// empty `bronze`.
 pub async fn tenant_session(
     lake: &Lakehouse,
     tenant: &str,
@@ -273,6 +275,22 @@ pub async fn tenant_session(
     ctx.sql(RESOURCES_CURRENT)
         .await
         .map_err(|err| lakehouse_error(&err))?;
+    for (name, url) in crate::views::local_view_tables(lake, tenant) {
+        let table = deltalake::DeltaTableBuilder::from_url(url)
+            .map_err(|err| lakehouse_error(&err))?
+            .load()
+            .await
+            .map_err(|err| lakehouse_error(&err))?;
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|err| lakehouse_error(&err))?;
+        let provider = table
+            .table_provider()
+            .await
+            .map_err(|err| lakehouse_error(&err))?;
+        ctx.register_table(name.as_str(), provider)
+            .map_err(|err| lakehouse_error(&err))?;
+    }
     Ok(ctx)
 }
 

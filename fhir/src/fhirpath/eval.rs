@@ -6,13 +6,15 @@
 
 use super::compare::{self, Primitive};
 use super::parser::{Arg, BinaryOp, Expr, Function, Literal, TypeOp, TypeSpec};
-use super::types;
+use super::types::{self, MemberCache};
 use super::{FhirPathError, Item, Variables};
 use crate::datetime::{DateKind, parse_parts};
+use chrono::{Datelike, Timelike};
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::cmp::Ordering;
 
 type Collection<'a> = Vec<Item<'a>>;
@@ -24,6 +26,22 @@ static NULL: Value = Value::Null;
 pub(crate) struct Context<'a, 'v> {
     pub root: Item<'a>,
     variables: Option<&'v Variables<'a>>,
+    memo: Option<&'v Memo<'a, 'v>>,
+}
+
+/// Results of the shared subtrees of an expression set, valid for one focus.
+pub(crate) struct Memo<'a, 'v> {
+    focus: &'v [Item<'a>],
+    results: RefCell<Vec<Option<Collection<'a>>>>,
+}
+
+impl<'a, 'v> Memo<'a, 'v> {
+    pub fn new(focus: &'v [Item<'a>], shared: usize) -> Self {
+        Memo {
+            focus,
+            results: RefCell::new(vec![None; shared]),
+        }
+    }
 }
 
 /// Iteration state visible as `$index` inside `where`, `select`, `exists` and `all`.
@@ -34,7 +52,20 @@ struct Frame {
 
 impl<'a, 'v> Context<'a, 'v> {
     pub fn new(root: Item<'a>, variables: Option<&'v Variables<'a>>) -> Self {
-        Context { root, variables }
+        Context {
+            root,
+            variables,
+            memo: None,
+        }
+    }
+
+    /// Creates a context that keeps the results of shared subtrees on the memo's focus.
+    pub fn with_memo(root: Item<'a>, variables: &'v Variables<'a>, memo: &'v Memo<'a, 'v>) -> Self {
+        Context {
+            root,
+            variables: Some(variables),
+            memo: Some(memo),
+        }
     }
 
     pub fn evaluate(&self, expr: &Expr, focus: &[Item<'a>]) -> EvalResult<'a> {
@@ -52,7 +83,11 @@ impl<'a, 'v> Context<'a, 'v> {
                 .unwrap_or_default()),
             Expr::Total => Ok(Vec::new()),
             Expr::Constant { name, pos } => self.constant(name, *pos),
-            Expr::Member { target, name } => {
+            Expr::Member {
+                target,
+                name,
+                cache,
+            } => {
                 let mut out = Vec::new();
                 match target {
                     None => {
@@ -60,13 +95,13 @@ impl<'a, 'v> Context<'a, 'v> {
                             if starts_uppercase(name) && types::item_is_type(item, name) {
                                 out.push(item.clone());
                             } else {
-                                navigate(item, name, &mut out);
+                                navigate_member(item, name, cache, &mut out);
                             }
                         }
                     }
                     Some(target) => {
                         for item in &self.eval(target, focus, frame)? {
-                            navigate(item, name, &mut out);
+                            navigate_member(item, name, cache, &mut out);
                         }
                     }
                 }
@@ -140,7 +175,27 @@ impl<'a, 'v> Context<'a, 'v> {
                 };
                 self.call(*function, input, args, *pos, focus, frame)
             }
+            Expr::Shared { id, inner } => self.shared(*id, inner, focus, frame),
         }
+    }
+
+    /// Evaluates a shared subtree, reusing its result when it was already computed on the
+    /// memo's focus. Outside that focus, or inside an iteration, it is evaluated normally.
+    fn shared(&self, id: usize, inner: &Expr, focus: &[Item<'a>], frame: Frame) -> EvalResult<'a> {
+        let Some(memo) = self.memo else {
+            return self.eval(inner, focus, frame);
+        };
+        if frame.index.is_some() || !std::ptr::eq(focus, memo.focus) {
+            return self.eval(inner, focus, frame);
+        }
+        if let Some(Some(found)) = memo.results.borrow().get(id) {
+            return Ok(found.clone());
+        }
+        let result = self.eval(inner, focus, frame)?;
+        if let Some(slot) = memo.results.borrow_mut().get_mut(id) {
+            *slot = Some(result.clone());
+        }
+        Ok(result)
     }
 
     fn constant(&self, name: &str, pos: usize) -> EvalResult<'a> {
@@ -287,7 +342,11 @@ impl<'a, 'v> Context<'a, 'v> {
                     _ => fail("is() needs a single input item"),
                 }
             }
-            F::First => Ok(input.into_iter().next().into_iter().collect()),
+            F::First => {
+                let mut input = input;
+                input.truncate(1);
+                Ok(input)
+            }
             F::Last => Ok(input.into_iter().last().into_iter().collect()),
             F::Tail => Ok(input.into_iter().skip(1).collect()),
             F::Skip | F::Take => {
@@ -989,7 +1048,7 @@ fn reference_text<'a>(item: &Item<'a>) -> Option<&'a str> {
         Item::Node {
             value: Value::Object(map),
             ..
-        } => map.get("reference").and_then(Value::as_str),
+        } => field(map, "reference").and_then(Value::as_str),
         Item::Node {
             value: Value::String(s),
             ..
@@ -998,8 +1057,9 @@ fn reference_text<'a>(item: &Item<'a>) -> Option<&'a str> {
     }
 }
 
-/// Pushes the children of `item` named `name`, flattening arrays and typing each child.
-pub(crate) fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>) {
+/// Pushes the children of `item` named `name`, flattening arrays and typing each child. The
+/// model is read through `cache`, the cache of the expression node.
+fn navigate_member<'a>(item: &Item<'a>, name: &str, cache: &MemberCache, out: &mut Vec<Item<'a>>) {
     let Item::Node {
         value: Value::Object(map),
         type_name,
@@ -1008,13 +1068,18 @@ pub(crate) fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>)
     else {
         return;
     };
-    if let Some(value) = map.get(name) {
-        let child_type = types::child_type(type_name, name);
+    let entry = cache.lookup(type_name, name);
+    let child_type = entry.and_then(|entry| entry.choice_type.or(entry.first_type));
+    if let Some(value) = field(map, name) {
         push_values(value, child_type, map, name, out);
         return;
     }
     let mut found_choice = false;
-    for (key, value) in map {
+    // A name that the model defines as an ordinary element of this type cannot be a choice,
+    // so only choices and unknown names need the scan of every key for `name[x]`.
+    let is_plain_element = entry.is_some_and(|entry| entry.choice_type.is_none());
+    let keys = if is_plain_element { None } else { Some(map) };
+    for (key, value) in keys.into_iter().flatten() {
         if let Some(choice_type) = types::choice_child_type(type_name, name, key) {
             let child_type = (!choice_type.is_empty()).then_some(choice_type);
             push_values(value, child_type, map, key, out);
@@ -1026,7 +1091,6 @@ pub(crate) fn navigate<'a>(item: &Item<'a>, name: &str, out: &mut Vec<Item<'a>>)
     }
     // A primitive may be present through its extensions alone (`"_birthDate": {...}`).
     if underscore_sibling(map, name).is_some() {
-        let child_type = types::child_type(type_name, name);
         push_values(&NULL, child_type, map, name, out);
     }
 }
@@ -1038,6 +1102,19 @@ fn underscore_sibling<'a>(
     if map.len() < 2 {
         return None;
     }
+    if map.len() <= LINEAR_LOOKUP_MAX_KEYS {
+        return map
+            .iter()
+            .find(|(key, _)| {
+                key.len() == name.len() + 1 && key.starts_with('_') && key[1..] == *name
+            })
+            .map(|(_, value)| value);
+    }
+    // Most objects have no `_name` keys at all. Checking the first byte of each key is
+    // cheaper than hashing the sibling's name for a lookup that would miss.
+    if !map.keys().any(|key| key.starts_with('_')) {
+        return None;
+    }
     // Element names are short, so the `_name` key is built on the stack without allocating.
     let mut buffer = [0u8; 64];
     let length = name.len() + 1;
@@ -1047,7 +1124,22 @@ fn underscore_sibling<'a>(
     buffer[0] = b'_';
     buffer[1..length].copy_from_slice(name.as_bytes());
     let key = std::str::from_utf8(&buffer[..length]).ok()?;
-    map.get(key)
+    field(map, key)
+}
+
+/// Objects with at most this many keys are searched by comparing keys in order, which is
+/// faster than hashing the name for the map's lookup.
+const LINEAR_LOOKUP_MAX_KEYS: usize = 8;
+
+/// Returns the value of a property of a JSON object.
+fn field<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if map.len() <= LINEAR_LOOKUP_MAX_KEYS {
+        map.iter()
+            .find(|(candidate, _)| candidate.as_str() == key)
+            .map(|(_, value)| value)
+    } else {
+        map.get(key)
+    }
 }
 
 /// Pushes a JSON value reached through `key`, one item per array entry, pairing primitives
@@ -1151,14 +1243,30 @@ fn extensions<'a>(item: &Item<'a>, url: &str, out: &mut Vec<Item<'a>>) {
         return;
     };
     for extension in list {
-        if extension.get("url").and_then(Value::as_str) == Some(url) {
+        let extension_url = extension
+            .as_object()
+            .and_then(|map| field(map, "url"))
+            .and_then(Value::as_str);
+        if extension_url == Some(url) {
             out.push(Item::node(extension, "Extension"));
         }
     }
 }
 
-/// Computes `lowBoundary()` or `highBoundary()` of a date, dateTime, time or decimal.
+/// Computes `lowBoundary()` or `highBoundary()` of a date, dateTime, time, decimal or Period.
 fn boundary<'a>(item: &Item<'a>, high: bool, digits: Option<i64>) -> Option<Item<'a>> {
+    if let Item::Node {
+        value: Value::Object(period),
+        type_name,
+        ..
+    } = item
+        && type_name == "Period"
+    {
+        // The earliest instant of a Period is the low boundary of its start, and the latest is
+        // the high boundary of its end. A missing end means the Period is still open.
+        let end = period.get(if high { "end" } else { "start" })?;
+        return boundary(&Item::node(end, "dateTime"), high, digits);
+    }
     match compare::primitive(item) {
         Primitive::Decimal(d) => decimal_boundary(d, high, digits).map(Item::Decimal),
         Primitive::Integer(i) => {
@@ -1168,7 +1276,12 @@ fn boundary<'a>(item: &Item<'a>, high: bool, digits: Option<i64>) -> Option<Item
             let parts = parse_parts(text, DateKind::Date).ok()?;
             let range = parts.to_range()?;
             let day = if high { range.high } else { range.low };
-            Some(Item::Date(day.format("%Y-%m-%d").to_string()))
+            Some(Item::Date(format!(
+                "{:04}-{:02}-{:02}",
+                day.year(),
+                day.month(),
+                day.day()
+            )))
         }
         Primitive::DateTime(text) => {
             let parts = parse_parts(text, DateKind::DateTime).ok()?;
@@ -1187,10 +1300,16 @@ fn boundary<'a>(item: &Item<'a>, high: bool, digits: Option<i64>) -> Option<Item
                 None => "+14:00".to_string(),
             };
             let offset = chrono::Duration::seconds(i64::from(parts.offset_seconds.unwrap_or(0)));
-            let local = instant + offset;
+            let local = (instant + offset).naive_utc();
             Some(Item::DateTime(format!(
-                "{}{zone}",
-                local.format("%Y-%m-%dT%H:%M:%S%.3f")
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}{zone}",
+                local.year(),
+                local.month(),
+                local.day(),
+                local.hour(),
+                local.minute(),
+                local.second(),
+                local.and_utc().timestamp_subsec_millis()
             )))
         }
         Primitive::Time(text) => {

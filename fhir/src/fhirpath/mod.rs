@@ -5,7 +5,9 @@
 //! element reached by navigation is an [`Item::Node`] holding a reference to its JSON value and
 //! its FHIR type, taken from the R4 structure model. Choice elements are typed by their JSON
 //! name, so `Observation.value` over `valueQuantity` yields a node of type `Quantity`, and
-//! backbone elements are typed by their path (`Patient.contact`).
+//! backbone elements are typed by their path (`Patient.contact`). Expressions that run on
+//! the same focus, such as the columns of a view, can be evaluated together as an
+//! [`ExpressionSet`], which computes the sub-paths they share once.
 //!
 //! The engine supports path navigation with a leading type name, indexers, `|`, and the
 //! boolean, equality, comparison, arithmetic and string concatenation operators. It also
@@ -20,7 +22,9 @@
 //! `length`, `upper`, `lower`, `trim`, `split`, `toChars`, `toString`, `toInteger`,
 //! `toDecimal`, `toBoolean`, the matching `convertsTo...` functions, `getResourceKey`,
 //! `getReferenceKey`, `lowBoundary`, `highBoundary`, `today`, `now`, `trace`, `abs`,
-//! `ceiling`, `floor` and `round`.
+//! `ceiling`, `floor` and `round`. `lowBoundary()` and `highBoundary()` also apply to a
+//! Period, where they return the low boundary of `start` and the high boundary of `end` (empty
+//! when that end is open).
 //!
 //! Limits: `resolve()` never fetches. It finds contained resources by `#id` and otherwise
 //! returns a placeholder that carries only the type and id of a literal `Type/id` reference, so
@@ -33,6 +37,7 @@ mod compare;
 mod eval;
 mod lexer;
 mod parser;
+mod set;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -43,6 +48,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use parser::Expr;
+pub use set::ExpressionSet;
 pub use types::split_reference;
 
 /// Error raised while parsing or evaluating a FHIRPath expression.
@@ -162,6 +168,17 @@ impl<'a> Item<'a> {
     }
 }
 
+/// Names of the environment constants that every evaluation provides (`%resource`, ...). A
+/// [`Variables`] entry with one of these names is never read.
+pub const BUILT_IN_CONSTANTS: [&str; 6] = [
+    "resource",
+    "context",
+    "rootResource",
+    "ucum",
+    "sct",
+    "loinc",
+];
+
 /// Named constants available to an expression as `%name`.
 #[derive(Debug, Clone, Default)]
 pub struct Variables<'a> {
@@ -204,6 +221,21 @@ impl Expression {
         &self.source
     }
 
+    /// Returns the names of the external constants (`%name`) the expression refers to, in
+    /// order of appearance and without duplicates. Built-in names such as `resource` are
+    /// included, so callers can check every name against the constants they will provide.
+    pub fn constant_names(&self) -> Vec<&str> {
+        let mut names = Vec::new();
+        self.root.collect_constants(&mut names);
+        let mut unique: Vec<&str> = Vec::with_capacity(names.len());
+        for name in names {
+            if !unique.contains(&name) {
+                unique.push(name);
+            }
+        }
+        unique
+    }
+
     /// Evaluates the expression with `resource` as `%resource`, `%context` and the focus.
     pub fn evaluate<'a>(&self, resource: &'a Value) -> Result<Vec<Item<'a>>, FhirPathError> {
         self.evaluate_with(resource, &Variables::default())
@@ -228,9 +260,25 @@ impl Expression {
         focus: &[Item<'a>],
         variables: &Variables<'a>,
     ) -> Result<Vec<Item<'a>>, FhirPathError> {
-        let root = types::resource_item(resource);
-        let context = eval::Context::new(root, Some(variables));
+        self.evaluate_on_root(&Self::root_item(resource), focus, variables)
+    }
+
+    /// Like [`Expression::evaluate_on`], with the resource given as the item that
+    /// [`Expression::root_item`] built, so that many expressions run on one resource read its
+    /// type once.
+    pub fn evaluate_on_root<'a>(
+        &self,
+        root: &Item<'a>,
+        focus: &[Item<'a>],
+        variables: &Variables<'a>,
+    ) -> Result<Vec<Item<'a>>, FhirPathError> {
+        let context = eval::Context::new(root.clone(), Some(variables));
         context.evaluate(&self.root, focus)
+    }
+
+    /// Returns the item for a resource as `%resource`, typed by its `resourceType`.
+    pub fn root_item(resource: &Value) -> Item<'_> {
+        types::resource_item(resource)
     }
 }
 

@@ -7,6 +7,7 @@
 
 use super::FhirPathError;
 use super::lexer::{Spanned, Token, tokenize};
+use super::types::MemberCache;
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
@@ -250,6 +251,8 @@ pub(crate) enum Expr {
     Member {
         target: Option<Box<Expr>>,
         name: String,
+        /// Model entry for `name` under the first parent type it is navigated from.
+        cache: MemberCache,
     },
     Call {
         target: Option<Box<Expr>>,
@@ -278,6 +281,123 @@ pub(crate) enum Expr {
         spec: TypeSpec,
         pos: usize,
     },
+    /// A subtree that several expressions of an [`ExpressionSet`](super::ExpressionSet)
+    /// contain. Its result on the set's focus is computed once per evaluation of the set.
+    Shared {
+        id: usize,
+        inner: Box<Expr>,
+    },
+}
+
+impl Expr {
+    /// Pushes the name of every external constant (`%name`) the expression refers to.
+    pub(crate) fn collect_constants<'e>(&'e self, out: &mut Vec<&'e str>) {
+        match self {
+            Expr::Constant { name, .. } => out.push(name),
+            Expr::Member { target, .. } => {
+                if let Some(target) = target {
+                    target.collect_constants(out);
+                }
+            }
+            Expr::Call { target, args, .. } => {
+                if let Some(target) = target {
+                    target.collect_constants(out);
+                }
+                for arg in args {
+                    if let Arg::Expr(expr) = arg {
+                        expr.collect_constants(out);
+                    }
+                }
+            }
+            Expr::Index { target, index, .. } => {
+                target.collect_constants(out);
+                index.collect_constants(out);
+            }
+            Expr::Negate { operand, .. } => operand.collect_constants(out),
+            Expr::Binary { lhs, rhs, .. } => {
+                lhs.collect_constants(out);
+                rhs.collect_constants(out);
+            }
+            Expr::TypeOp { target, .. } => target.collect_constants(out),
+            Expr::Shared { inner, .. } => inner.collect_constants(out),
+            Expr::Empty | Expr::Literal(_) | Expr::This | Expr::IndexVar | Expr::Total => {}
+        }
+    }
+
+    /// Writes a description of the subtree that ignores source offsets, so two subtrees
+    /// written alike in different places describe the same way.
+    pub(crate) fn write_shape(&self, out: &mut String) {
+        use std::fmt::Write;
+        // Writing to a String cannot fail, so the results of `write!` are ignored.
+        match self {
+            Expr::Empty => out.push_str("{}"),
+            Expr::Literal(literal) => {
+                let _ = write!(out, "{literal:?}");
+            }
+            Expr::This => out.push_str("$this"),
+            Expr::IndexVar => out.push_str("$index"),
+            Expr::Total => out.push_str("$total"),
+            Expr::Constant { name, .. } => {
+                let _ = write!(out, "%{name:?}");
+            }
+            Expr::Member { target, name, .. } => {
+                out.push('(');
+                if let Some(target) = target {
+                    target.write_shape(out);
+                }
+                let _ = write!(out, ".{name:?})");
+            }
+            Expr::Call {
+                target,
+                function,
+                args,
+                ..
+            } => {
+                out.push('(');
+                if let Some(target) = target {
+                    target.write_shape(out);
+                }
+                let _ = write!(out, ".{function:?}(");
+                for arg in args {
+                    match arg {
+                        Arg::Expr(expr) => expr.write_shape(out),
+                        Arg::Type(spec) => {
+                            let _ = write!(out, "{spec:?}");
+                        }
+                    }
+                    out.push(',');
+                }
+                out.push_str("))");
+            }
+            Expr::Index { target, index, .. } => {
+                out.push('(');
+                target.write_shape(out);
+                out.push('[');
+                index.write_shape(out);
+                out.push_str("])");
+            }
+            Expr::Negate { operand, .. } => {
+                out.push_str("(-");
+                operand.write_shape(out);
+                out.push(')');
+            }
+            Expr::Binary { op, lhs, rhs, .. } => {
+                out.push('(');
+                lhs.write_shape(out);
+                let _ = write!(out, " {op:?} ");
+                rhs.write_shape(out);
+                out.push(')');
+            }
+            Expr::TypeOp {
+                op, target, spec, ..
+            } => {
+                out.push('(');
+                target.write_shape(out);
+                let _ = write!(out, " {op:?} {spec:?})");
+            }
+            Expr::Shared { inner, .. } => inner.write_shape(out),
+        }
+    }
 }
 
 /// Parses a whole expression, rejecting trailing tokens.
@@ -541,7 +661,11 @@ impl Parser {
             }
         };
         if self.peek().token != Token::Symbol("(") {
-            return Ok(Expr::Member { target, name });
+            return Ok(Expr::Member {
+                target,
+                name,
+                cache: MemberCache::default(),
+            });
         }
         self.advance();
         let (function, min, max) = Function::lookup(&name)

@@ -645,3 +645,123 @@ fn conversion_and_math_functions() {
     );
     assert_eq!(strings(&p, "'Abc'.lower()"), ["abc"]);
 }
+
+#[test]
+fn constant_names_lists_each_once() {
+    let expression =
+        Expression::parse("name.where(use = %use and %use != %other)[%rowIndex] | %resource.id")
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        expression.constant_names(),
+        ["use", "other", "rowIndex", "resource"]
+    );
+    let plain = Expression::parse("name.given.first()").unwrap_or_else(|e| panic!("{e}"));
+    assert!(plain.constant_names().is_empty());
+}
+
+#[test]
+fn boundaries_of_periods() {
+    let closed =
+        json!({"resourceType": "Encounter", "period": {"start": "2020-01-02", "end": "2020-03"}});
+    assert_eq!(
+        strings(&closed, "period.lowBoundary()"),
+        ["2020-01-02T00:00:00.000+14:00"]
+    );
+    assert_eq!(
+        strings(&closed, "period.highBoundary()"),
+        ["2020-03-31T23:59:59.999-12:00"]
+    );
+    let open = json!({"resourceType": "Encounter", "period": {"start": "2020-01-02T10:00:00Z"}});
+    assert_eq!(
+        strings(&open, "period.lowBoundary()"),
+        ["2020-01-02T10:00:00.000Z"]
+    );
+    assert!(eval(&open, "period.highBoundary()").is_empty());
+    let choice = json!({"resourceType": "Procedure", "performedPeriod": {"start": "2021-05-01T08:00:00-04:00", "end": "2021-05-01T09:30:00-04:00"}});
+    assert_eq!(
+        strings(&choice, "performed.highBoundary()"),
+        ["2021-05-01T09:30:00.999-04:00"]
+    );
+}
+
+fn set_results<'a>(resource: &'a Value, sources: &[&str]) -> (ExpressionSet, Vec<Vec<Item<'a>>>) {
+    let expressions = sources
+        .iter()
+        .map(|src| Expression::parse(src).unwrap_or_else(|e| panic!("parse {src}: {e}")))
+        .collect();
+    let set = ExpressionSet::new(expressions);
+    let root = Expression::root_item(resource);
+    let results = set
+        .evaluate_all(&root, std::slice::from_ref(&root), &Variables::new())
+        .unwrap_or_else(|(i, e)| panic!("{}: {e}", sources[i]));
+    (set, results)
+}
+
+#[test]
+fn expression_set_matches_single_evaluation() {
+    let o = observation();
+    let sources = [
+        "code.coding.first().system",
+        "code.coding.first().code",
+        "code.coding.first().display",
+        "code.text",
+        "value.ofType(Quantity).value",
+        "value.ofType(Quantity).unit",
+        "component.where(code.text = 'b').value",
+        "code.coding.first().code",
+    ];
+    let (set, results) = set_results(&o, &sources);
+    assert!(set.shared_count() >= 4, "{}", set.shared_count());
+    for (source, result) in sources.iter().zip(&results) {
+        assert_eq!(result, &eval(&o, source), "{source}");
+    }
+}
+
+#[test]
+fn expression_set_keeps_inner_focus_apart() {
+    let p = patient();
+    for sources in [
+        ["name.where(family.exists()).given", "family"],
+        ["family", "name.where(family.exists()).given"],
+    ] {
+        let (set, results) = set_results(&p, &sources);
+        assert_eq!(set.shared_count(), 1);
+        for (source, result) in sources.iter().zip(&results) {
+            assert_eq!(result, &eval(&p, source), "{source}");
+        }
+    }
+}
+
+#[test]
+fn expression_set_reports_failing_index() {
+    let p = patient();
+    let expressions = ["id", "name.given.single()"]
+        .iter()
+        .map(|src| Expression::parse(src).unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    let set = ExpressionSet::new(expressions);
+    let root = Expression::root_item(&p);
+    let failure = set.evaluate_all(&root, std::slice::from_ref(&root), &Variables::new());
+    assert!(matches!(
+        failure,
+        Err((1, FhirPathError::Evaluation { .. }))
+    ));
+}
+
+#[test]
+fn reference_forms_split() {
+    assert_eq!(split_reference("Patient/p1"), Some(("Patient", "p1")));
+    assert_eq!(
+        split_reference("http://example.org/fhir/Patient/p1/_history/3"),
+        Some(("Patient", "p1"))
+    );
+    assert_eq!(
+        split_reference("Observation/o.1?x=1#frag"),
+        Some(("Observation", "o.1"))
+    );
+    assert_eq!(split_reference("Patient/_history/1"), None);
+    assert_eq!(split_reference("#contained"), None);
+    assert_eq!(split_reference("urn:uuid:1234"), None);
+    assert_eq!(split_reference("Unknown/p1"), None);
+    assert_eq!(split_reference("p1"), None);
+}

@@ -9,6 +9,10 @@ use super::parser::TypeSpec;
 use crate::model::Model;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::sync::OnceLock;
 
 /// Builds the root item of a resource, typed by its `resourceType`.
 pub(crate) fn resource_item(resource: &Value) -> Item<'_> {
@@ -23,12 +27,113 @@ pub(crate) fn resource_item(resource: &Value) -> Item<'_> {
     }
 }
 
+/// Model facts about one JSON property of a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChildEntry {
+    /// Element name, without the type suffix of a choice element.
+    pub element_name: &'static str,
+    /// The chosen type of a choice element (`Quantity` for `valueQuantity`).
+    pub choice_type: Option<&'static str>,
+    /// The element's first type code, which is its only one unless it is a choice.
+    pub first_type: Option<&'static str>,
+}
+
+/// Model entry for one member name of an expression, kept for the first parent type the
+/// member is navigated from. A path is nearly always evaluated on the same type, so the entry
+/// is found by comparing one type name instead of two hash lookups.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MemberCache(OnceLock<(Box<str>, Option<ChildEntry>)>);
+
+impl MemberCache {
+    /// Returns the entry for the JSON property `name` of `parent_type`, as
+    /// [`child_entry`] does.
+    pub fn lookup(&self, parent_type: &str, name: &str) -> Option<ChildEntry> {
+        if let Some((cached_type, entry)) = self.0.get() {
+            if **cached_type == *parent_type {
+                return *entry;
+            }
+            return child_entry(parent_type, name);
+        }
+        let entry = child_entry(parent_type, name);
+        // When another thread filled the cache first, this call still returns its own entry
+        // and the cache keeps serving the other thread's parent type.
+        let _ = self.0.set((parent_type.into(), entry));
+        entry
+    }
+}
+
+impl PartialEq for MemberCache {
+    /// Returns true, because a cache never makes two expressions differ.
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+/// A multiply-rotate hasher for the short type and element names of the model. The cache
+/// below holds only names the model defines, so crafted keys cannot make it grow.
+#[derive(Default)]
+struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type NameMap<V> = HashMap<Box<str>, V, BuildHasherDefault<NameHasher>>;
+
+thread_local! {
+    /// Model lookups by parent type, then JSON property name. Navigation repeats the same few
+    /// lookups for every resource, and two SipHash lookups per step dominated evaluation.
+    static CHILDREN: RefCell<NameMap<NameMap<ChildEntry>>> =
+        const { RefCell::new(HashMap::with_hasher(BuildHasherDefault::new())) };
+}
+
+/// Looks up the element that the JSON property `key` of `parent_type` denotes.
+pub(crate) fn child_entry(parent_type: &str, key: &str) -> Option<ChildEntry> {
+    if parent_type.is_empty() {
+        return None;
+    }
+    let cached = CHILDREN.with(|cache| {
+        cache
+            .borrow()
+            .get(parent_type)
+            .and_then(|children| children.get(key).copied())
+    });
+    if cached.is_some() {
+        return cached;
+    }
+    let type_def = Model::r4().type_def(parent_type)?;
+    let (element, choice_type) = type_def.element(key)?;
+    let entry = ChildEntry {
+        element_name: element.name.as_str(),
+        choice_type,
+        first_type: element.types.first().map(String::as_str),
+    };
+    CHILDREN.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(parent_type.into())
+            .or_default()
+            .insert(key.into(), entry);
+    });
+    Some(entry)
+}
+
 /// Returns the FHIR type of the element `key` (a JSON property name, such as `valueQuantity`)
 /// of `parent_type`.
 pub(crate) fn child_type(parent_type: &str, key: &str) -> Option<&'static str> {
-    let type_def = Model::r4().type_def(parent_type)?;
-    let (element, choice_type) = type_def.element(key)?;
-    choice_type.or_else(|| element.types.first().map(String::as_str))
+    let entry = child_entry(parent_type, key)?;
+    entry.choice_type.or(entry.first_type)
 }
 
 /// Returns the type of `key` when it is the JSON name of one type of the choice element
@@ -43,13 +148,16 @@ pub(crate) fn choice_child_type(parent_type: &str, name: &str, key: &str) -> Opt
     {
         return None;
     }
-    let Some(type_def) = Model::r4().type_def(parent_type) else {
-        return Some("");
-    };
-    match type_def.element(key) {
-        Some((element, Some(choice_type))) if element.name == name => Some(choice_type),
-        _ => None,
+    if let Some(entry) = child_entry(parent_type, key) {
+        return match entry.choice_type {
+            Some(choice_type) if entry.element_name == name => Some(choice_type),
+            _ => None,
+        };
     }
+    if Model::r4().type_def(parent_type).is_none() {
+        return Some("");
+    }
+    None
 }
 
 /// Returns true when a FHIR type code names a primitive type (`string`, `dateTime`, ...).
@@ -152,15 +260,16 @@ fn system_type_of_node(value: &Value, type_name: &str) -> Option<&'static str> {
 /// resource type segment.
 pub fn split_reference(reference: &str) -> Option<(&str, &str)> {
     let path = reference.split(['?', '#']).next()?;
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let mut end = segments.len();
-    if end >= 4 && segments[end - 2] == "_history" {
-        end -= 2;
-    }
-    if end < 2 {
-        return None;
-    }
-    let (resource_type, id) = (segments[end - 2], segments[end - 1]);
+    // The last four non-empty segments decide: `Type/id` or `Type/id/_history/version`.
+    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
+    let last = segments.next()?;
+    let second = segments.next()?;
+    let third = segments.next();
+    let fourth = segments.next();
+    let (resource_type, id) = match (third, fourth) {
+        (Some(id), Some(resource_type)) if second == "_history" => (resource_type, id),
+        _ => (second, last),
+    };
     let valid_id = !id.is_empty()
         && id.len() <= 64
         && id

@@ -20,7 +20,7 @@
 mod decode;
 pub mod slot;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,6 +37,7 @@ use crate::bronze::{BronzeTable, ChangeRecord, Source, format_lsn};
 use crate::error::LakehouseError;
 use crate::layout::Lakehouse;
 use crate::maintenance::{self, MaintenanceConfig};
+use crate::views::MaterializedView;
 
 pub use decode::{decode_row, parse_timestamptz};
 
@@ -61,6 +62,8 @@ pub struct CaptureConfig {
     pub snapshot_chunk_rows: usize,
     /// Scheduled compaction, vacuum and checkpoints; `None` disables them.
     pub maintenance: Option<MaintenanceConfig>,
+    /// Keep the built-in SQL on FHIR view tables current.
+    pub views: bool,
 }
 
 impl Default for CaptureConfig {
@@ -73,6 +76,7 @@ impl Default for CaptureConfig {
             status_interval: Duration::from_secs(10),
             snapshot_chunk_rows: 50_000,
             maintenance: Some(MaintenanceConfig::default()),
+            views: true,
         }
     }
 }
@@ -152,6 +156,7 @@ pub struct CaptureWorker {
     lake: Lakehouse,
     config: CaptureConfig,
     metrics: Arc<CaptureMetrics>,
+    views: Vec<MaterializedView>,
 }
 
 /// The transaction being received.
@@ -199,11 +204,17 @@ impl Alarm {
 impl CaptureWorker {
     /// Creates a worker over the store's database and the lakehouse.
     pub fn new(db: Database, lake: Lakehouse, config: CaptureConfig) -> CaptureWorker {
+        let views = if config.views {
+            MaterializedView::builtin()
+        } else {
+            Vec::new()
+        };
         CaptureWorker {
             db,
             lake,
             config,
             metrics: Arc::new(CaptureMetrics::default()),
+            views,
         }
     }
 
@@ -265,6 +276,10 @@ impl CaptureWorker {
         };
         stream.start(None).await?;
         tracing::info!(slot = %slot_name, lsn = %format_lsn(stream.current_lsn()), "change capture streaming");
+        tables.refresh_known(&self.lake).await;
+        for tenant in tables.names() {
+            self.sync_views(&mut tables, &tenant).await;
+        }
         let result = self
             .stream_changes(&mut stream, &mut tables, shutdown)
             .await;
@@ -508,6 +523,7 @@ impl CaptureWorker {
         let batch = std::mem::take(batch);
         let started = Instant::now();
         let mut written = 0usize;
+        let mut applied: Vec<(String, Vec<ChangeRecord>, u64)> = Vec::new();
         for (tenant, records) in batch.by_tenant {
             let marker = tables.marker(&self.lake, &tenant).await?;
             let total = records.len();
@@ -537,6 +553,7 @@ impl CaptureWorker {
             self.metrics
                 .delta_commits_total
                 .fetch_add(1, Ordering::Relaxed);
+            applied.push((tenant, fresh, last_lsn));
         }
         let applied_at = Utc::now();
         if let Ok(mut window) = self.metrics.commit_latency.lock() {
@@ -567,7 +584,72 @@ impl CaptureWorker {
             millis = started.elapsed().as_millis() as u64,
             "batch applied"
         );
+        // View tables follow the change log after the slot is confirmed:
+        // their own markers make the update safe to repeat, and a worker
+        // that stops before it catches up from the change log on start.
+        for (tenant, changes, lsn) in applied {
+            self.update_views(tables, &tenant, &changes, lsn).await;
+        }
         Ok(())
+    }
+
+    /// Updates the view tables of the resource types in `changes`.
+    async fn update_views(
+        &self,
+        tables: &mut Tables,
+        tenant: &str,
+        changes: &[ChangeRecord],
+        lsn: u64,
+    ) {
+        for view in &self.views {
+            if !changes
+                .iter()
+                .any(|c| c.resource_type == view.resource_type())
+            {
+                continue;
+            }
+            let key = (tenant.to_owned(), view.name().to_owned());
+            let result = if tables.views_in_sync.contains(&key) {
+                view.apply(&self.lake, tenant, changes, lsn).await
+            } else {
+                view.sync(&self.lake, tenant, lsn).await
+            };
+            match result {
+                Ok(_) => {
+                    tables.views_in_sync.insert(key);
+                }
+                Err(err) => {
+                    tables.views_in_sync.remove(&key);
+                    tracing::error!(tenant, view = view.name(), error = %err, "view table update failed; it catches up with the next change");
+                }
+            }
+        }
+    }
+
+    /// Brings every view table of a tenant up to its change log.
+    async fn sync_views(&self, tables: &mut Tables, tenant: &str) {
+        if self.views.is_empty() {
+            return;
+        }
+        let marker = match tables.marker(&self.lake, tenant).await {
+            Ok(Some(marker)) => marker,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::error!(tenant, error = %err, "reading the change log marker failed");
+                return;
+            }
+        };
+        for view in &self.views {
+            let key = (tenant.to_owned(), view.name().to_owned());
+            match view.sync(&self.lake, tenant, marker).await {
+                Ok(_) => {
+                    tables.views_in_sync.insert(key);
+                }
+                Err(err) => {
+                    tracing::error!(tenant, view = view.name(), error = %err, "view table update failed; it catches up with the next change");
+                }
+            }
+        }
     }
 
     async fn check_lag(&self) {
@@ -618,6 +700,9 @@ impl Batch {
 struct Tables {
     open: HashMap<String, BronzeTable>,
     markers: HashMap<String, u64>,
+    /// (tenant, view) pairs whose view table has every change of the
+    /// change log up to the last batch.
+    views_in_sync: HashSet<(String, String)>,
 }
 
 impl Tables {

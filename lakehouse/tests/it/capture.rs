@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::common::{Env, pairs, sample_data, scalar_i64, wait_until};
 
-const CATCH_UP: Duration = Duration::from_secs(120);
+const CATCH_UP: Duration = Duration::from_secs(300);
 
 async fn wait_caught_up(env: &Env, tenant: &str) {
     let expected = env.version_count(tenant).await;
@@ -70,7 +70,9 @@ async fn snapshot_then_api_changes_reach_lakehouse() {
     env.load("alpha", &[sample_data()]).await;
 
     // Capture starts after the data is in: the snapshot must carry it.
-    let capture = env.start_capture(env.capture_config());
+    let mut config = env.capture_config();
+    config.views = true;
+    let capture = env.start_capture(config.clone());
     wait_caught_up(&env, "alpha").await;
     assert_eq!(
         env.lake_counts("alpha").await,
@@ -152,7 +154,7 @@ async fn snapshot_then_api_changes_reach_lakehouse() {
     capture.stop().await;
 
     // A restarted worker resumes from the slot without copying again.
-    let capture = env.start_capture(env.capture_config());
+    let capture = env.start_capture(config);
     let mut patient = fhir(&client, reqwest::Method::GET, &url, None).await;
     patient["gender"] = json!("female");
     fhir(&client, reqwest::Method::PUT, &url, Some(patient)).await;

@@ -75,6 +75,13 @@ pub struct Env {
 impl Env {
     /// Creates a database with the schema and the given tenants.
     pub async fn new(tenant_names: &[&str]) -> Env {
+        // INFOCTOR_TEST_LOG=debug shows the worker's log while debugging a test.
+        if let Ok(filter) = std::env::var("INFOCTOR_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let server = server_url();
         let name = format!("infoctor_lh_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&server).await.unwrap_or_else(|err| {
@@ -116,7 +123,7 @@ impl Env {
         }
     }
 
-    /// Capture settings for tests: this env's slot, short batches.
+    /// Capture settings for tests: this env's slot, short batches, no view tables.
     pub fn capture_config(&self) -> CaptureConfig {
         CaptureConfig {
             slot_name: self.slot.clone(),
@@ -124,6 +131,9 @@ impl Env {
             status_interval: Duration::from_millis(500),
             snapshot_chunk_rows: 5_000,
             maintenance: None,
+            // View tables cost CPU that most tests do not need; the tests
+            // of view tables turn them on.
+            views: false,
             ..CaptureConfig::default()
         }
     }
