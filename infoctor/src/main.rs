@@ -87,6 +87,11 @@ enum Command {
     Capture(commands::capture::CaptureCommandArgs),
     /// Run one read-only SQL statement over a tenant's lakehouse tables.
     Sql(commands::sql::SqlArgs),
+    /// Run SQL on FHIR views, or the specification's conformance tests.
+    View {
+        #[command(subcommand)]
+        command: commands::view::ViewCommand,
+    },
     /// Lakehouse maintenance.
     Lakehouse {
         #[command(subcommand)]
@@ -169,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => commands::demo::run(&settings, &cli.lake, args).await,
         Command::Capture(args) => commands::capture::run(&settings, &cli.lake, args).await,
         Command::Sql(args) => commands::sql::run(&settings, &cli.lake, args).await,
+        Command::View { command } => commands::view::run(&settings, command).await,
         Command::Lakehouse { command } => {
             commands::lakehouse::run(&settings, &cli.lake, command).await
         }

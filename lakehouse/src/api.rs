@@ -35,6 +35,10 @@ pub fn router(state: LakehouseState) -> Router {
     Router::new()
         .route("/lakehouse/{tenant}/sql", post(sql))
         .route("/metrics", get(metrics))
+        .route(
+            "/fhir/{tenant}/$viewdefinition-run",
+            post(viewdefinition_run),
+        )
         .layer(DefaultBodyLimit::max(MAX_SQL_BYTES))
         .with_state(state)
 }
@@ -210,6 +214,179 @@ async fn metrics(State(state): State<LakehouseState>) -> Response {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "status",
                 "reading capture status failed",
+            )
+        }
+    }
+}
+
+fn outcome(status: StatusCode, code: &'static str, message: &str) -> Response {
+    let body = infoctor_fhir::outcome::operation_outcome(&[infoctor_fhir::outcome::Issue::error(
+        code, message,
+    )]);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Largest number of rows `$viewdefinition-run` returns in one response.
+const MAX_RUN_ROWS: usize = 1_000_000;
+
+/// `$viewdefinition-run` at system level: runs a ViewDefinition given
+/// inline (`viewResource`) or by reference to a built-in view
+/// (`viewReference` `ViewDefinition/{name}`) over the tenant's current
+/// resources. `_format` is csv, ndjson, json (default) or parquet, and
+/// `_limit` caps the rows.
+async fn viewdefinition_run(
+    State(state): State<LakehouseState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    match infoctor_ehr_ops::tenants::exists(&state.db, &tenant).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return outcome(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                &format!("tenant '{tenant}' not found"),
+            );
+        }
+        Err(err) => {
+            tracing::error!(request_id, error = %err, "tenant lookup failed");
+            return outcome(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "tenant lookup failed",
+            );
+        }
+    }
+    let parameters: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(err) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &format!("body is not JSON: {err}; send a Parameters resource"),
+            );
+        }
+    };
+    if parameters.get("resourceType").and_then(|v| v.as_str()) != Some("Parameters") {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "body must be a Parameters resource",
+        );
+    }
+    let empty = Vec::new();
+    let list = parameters
+        .get("parameter")
+        .and_then(|v| v.as_array())
+        .unwrap_or(&empty);
+    let find = |name: &str| {
+        list.iter()
+            .find(|p| p.get("name").and_then(|n| n.as_str()) == Some(name))
+    };
+    let definition = if let Some(inline) = find("viewResource").and_then(|p| p.get("resource")) {
+        match infoctor_sql_on_fhir::ViewDefinition::from_json(inline) {
+            Ok(definition) => definition,
+            Err(err) => {
+                return outcome(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    &format!("invalid viewResource: {err}"),
+                );
+            }
+        }
+    } else if let Some(reference) = find("viewReference")
+        .and_then(|p| p.get("valueReference"))
+        .and_then(|r| r.get("reference"))
+        .and_then(|r| r.as_str())
+    {
+        let name = reference
+            .strip_prefix("ViewDefinition/")
+            .unwrap_or(reference);
+        match infoctor_sql_on_fhir::builtin_view(name) {
+            Some(definition) => definition,
+            None => {
+                let names: Vec<&str> = infoctor_sql_on_fhir::builtin_view_names().collect();
+                return outcome(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    &format!(
+                        "view '{reference}' not found; built-in views: {}",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+    } else {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "required",
+            "give the view as viewResource or viewReference",
+        );
+    };
+    let format_name = find("_format")
+        .and_then(|p| p.get("valueCode").or_else(|| p.get("valueString")))
+        .and_then(|v| v.as_str())
+        .unwrap_or("json");
+    let Some(format) = crate::view_run::RunFormat::parse(format_name) else {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            &format!("unknown _format '{format_name}'; use csv, ndjson, json or parquet"),
+        );
+    };
+    let limit = match find("_limit").and_then(|p| p.get("valueInteger")) {
+        Some(value) => match value.as_u64() {
+            Some(n) if n >= 1 => (n as usize).min(MAX_RUN_ROWS),
+            _ => {
+                return outcome(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    &format!("invalid _limit {value}; give a positive integer"),
+                );
+            }
+        },
+        None => MAX_RUN_ROWS,
+    };
+    let view = match infoctor_sql_on_fhir::CompiledView::compile(&definition) {
+        Ok(view) => view,
+        Err(err) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &format!("invalid ViewDefinition: {err}"),
+            );
+        }
+    };
+    let mut out = Vec::new();
+    match crate::view_run::run_on_store(&state.db, &tenant, &view, format, Some(limit), &mut out)
+        .await
+    {
+        Ok(rows) => {
+            tracing::info!(request_id, tenant = %tenant, rows, "view run");
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, format.content_type())],
+                out,
+            )
+                .into_response()
+        }
+        Err(err) => {
+            tracing::warn!(request_id, tenant = %tenant, error = %err, "view run failed");
+            outcome(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "processing",
+                &err.to_string(),
             )
         }
     }

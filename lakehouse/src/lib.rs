@@ -11,6 +11,7 @@
 //! | [`sql`] | tenant-isolated, limited SQL sessions and result formats |
 //! | [`status`] | slot lag and table state, as a report and as metrics |
 //! | [`views`] | SQL on FHIR views materialised as Delta tables |
+//! | [`view_run`] | a view run over the operational store, in CSV, NDJSON, JSON or Parquet |
 //! | [`api`] | HTTP routes for SQL and metrics |
 
 pub mod api;
@@ -21,6 +22,7 @@ pub mod layout;
 pub mod maintenance;
 pub mod sql;
 pub mod status;
+pub mod view_run;
 pub mod views;
 
 pub use error::LakehouseError;

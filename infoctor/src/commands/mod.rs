@@ -7,3 +7,4 @@ pub mod load;
 pub mod serve;
 pub mod sql;
 pub mod tenant;
+pub mod view;

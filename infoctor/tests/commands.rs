@@ -1,9 +1,12 @@
+//! The `infoctor` command end to end.
+//!
 //! Change capture under faults, on the 400-patient Synthea set: the capture
 //! process is killed with SIGKILL at random points while the set loads and
-//! restarted each time; afterwards every resource version in PostgreSQL is
-//! in the lakehouse exactly once, and the lakehouse's current resources
-//! match the FHIR API's counts. A second, first-time capture of the loaded
-//! database (a new slot and lakehouse) must reach the same counts.
+//! is restarted each time. Afterwards every resource version in PostgreSQL
+//! must be in the lakehouse exactly once, and the lakehouse's current
+//! resources must match the FHIR API's counts. A second, first-time capture
+//! of the loaded database (a new slot and lakehouse) must reach the same
+//! counts. Also `infoctor view run` and `infoctor view conformance`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -397,6 +400,203 @@ async fn capture_survives_kills_during_full_load() {
             .await
             .unwrap();
     }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+#[test]
+fn view_conformance_passes_and_writes_report() {
+    let suite = test_data().join("sql-on-fhir-tests");
+    let work = tempfile::tempdir().unwrap();
+    let report = work.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+        .args(["view", "conformance"])
+        .arg(&suite)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("134 tests executed, 134 passed, 0 failed"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let files = report.as_object().unwrap();
+    assert_eq!(files.len(), 22);
+    let tests: usize = files
+        .values()
+        .map(|f| f["tests"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(tests, 134);
+}
+
+#[test]
+fn view_conformance_reports_failures() {
+    let work = tempfile::tempdir().unwrap();
+    let broken = serde_json::json!({
+        "title": "broken",
+        "resources": [{"resourceType": "Patient", "id": "p1"}],
+        "tests": [{
+            "title": "wrong expectation",
+            "view": {"resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}]},
+            "expect": [{"id": "p2"}]
+        }]
+    });
+    std::fs::write(work.path().join("broken.json"), broken.to_string()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+        .args(["view", "conformance"])
+        .arg(work.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("FAIL broken.json: wrong expectation"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1 tests executed, 0 passed, 1 failed"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_run_flattens_tenant_resources() {
+    let server = server_url();
+    let name = format!("infoctor_lh_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let database_url = with_database(&server, &name);
+    let db = Database::connect(&DatabaseConfig {
+        admin_url: database_url.clone(),
+        app_password: None,
+        max_connections: 4,
+    })
+    .await
+    .unwrap();
+    tenants::create(&db, "views").await.unwrap();
+    let sample = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sample-data"));
+    load::load(
+        &db,
+        "views",
+        &[sample],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    let patients: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM resources WHERE tenant = 'views' AND resource_type = 'Patient' AND NOT deleted",
+    )
+    .fetch_one(db.admin_pool())
+    .await
+    .unwrap();
+    db.close().await;
+
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_infoctor"))
+            .args(args)
+            .env("DATABASE_URL", &database_url)
+            .output()
+            .unwrap()
+    };
+    let csv = run(&[
+        "view", "run", "patient", "--tenant", "views", "--format", "csv",
+    ]);
+    assert!(
+        csv.status.success(),
+        "{}",
+        String::from_utf8_lossy(&csv.stderr)
+    );
+    let text = String::from_utf8(csv.stdout).unwrap();
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("id,active,gender,birth_date")
+    );
+    assert_eq!(lines.count() as i64, patients);
+
+    let work = tempfile::tempdir().unwrap();
+    let view_file = work.path().join("names.json");
+    std::fs::write(
+        &view_file,
+        r#"{"resource": "Patient", "select": [{"column": [{"name": "id", "path": "getResourceKey()"}]},
+            {"forEach": "name", "column": [{"name": "family", "path": "family"}]}]}"#,
+    )
+    .unwrap();
+    let ndjson = run(&[
+        "view",
+        "run",
+        view_file.to_str().unwrap(),
+        "--tenant",
+        "views",
+        "--format",
+        "ndjson",
+        "--limit",
+        "5",
+    ]);
+    assert!(
+        ndjson.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ndjson.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8(ndjson.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 5);
+    assert!(
+        rows.iter()
+            .all(|row| row["id"].is_string() && row["family"].is_string())
+    );
+
+    let parquet_file = work.path().join("patients.parquet");
+    let parquet = run(&[
+        "view",
+        "run",
+        "patient",
+        "--tenant",
+        "views",
+        "--format",
+        "parquet",
+        "-o",
+        parquet_file.to_str().unwrap(),
+    ]);
+    assert!(
+        parquet.status.success(),
+        "{}",
+        String::from_utf8_lossy(&parquet.stderr)
+    );
+    assert_eq!(&std::fs::read(&parquet_file).unwrap()[..4], b"PAR1");
+
+    let unknown = run(&["view", "run", "nosuchview", "--tenant", "views"]);
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("neither a file nor a built-in view")
+    );
+    let no_tenant = run(&["view", "run", "patient", "--tenant", "nobody"]);
+    assert!(!no_tenant.status.success());
+    assert!(String::from_utf8_lossy(&no_tenant.stderr).contains("tenant 'nobody' not found"));
+
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE \"{name}\" WITH (FORCE)"
     )))
