@@ -350,3 +350,45 @@ async fn maintenance_compacts_and_keeps_marker() {
     assert_exactly_once(&env, "alpha").await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_queries_run_on_sample_data() {
+    let env = Env::new(&["demo"]).await;
+    env.load("demo", &[sample_data()]).await;
+    let mut config = env.capture_config();
+    config.views = true;
+    let capture = env.start_capture(config);
+    wait_caught_up(&env, "demo").await;
+    let patients = env
+        .store_counts("demo")
+        .await
+        .into_iter()
+        .find(|(t, _)| t == "Patient")
+        .map_or(0, |(_, n)| n);
+    wait_until(CATCH_UP, "the view tables", || async {
+        let tables = env
+            .sql("demo", "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('patient', 'condition', 'observation', 'encounter', 'medication_request')")
+            .await;
+        if scalar_i64(&tables) < 5 {
+            return false;
+        }
+        scalar_i64(&env.sql("demo", "SELECT count(*) FROM patient").await) == patients
+    })
+    .await;
+    capture.stop().await;
+
+    let folder = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/queries"));
+    let mut files: Vec<_> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "sql"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for file in files {
+        let query = std::fs::read_to_string(&file).unwrap();
+        let result = env.sql("demo", query.trim().trim_end_matches(';')).await;
+        assert!(result.rows > 0, "{} returned no rows on the sample data", file.display());
+    }
+    env.cleanup().await;
+}
