@@ -142,8 +142,10 @@ async fn supervise(worker: CaptureWorker, shutdown: CancellationToken) {
         tracing::info!("change capture starting");
         match worker.run(shutdown.clone()).await {
             Ok(()) => return,
-            Err(LakehouseError::NotReplicable(message)) => {
-                tracing::error!(reason = %message, "change capture disabled");
+            Err(
+                err @ (LakehouseError::NotReplicable(_) | LakehouseError::OtherLakehouse { .. }),
+            ) => {
+                tracing::error!(error = %err, "change capture disabled");
                 return;
             }
             Err(err) => {

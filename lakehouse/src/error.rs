@@ -30,6 +30,16 @@ pub enum LakehouseError {
         "replication slot '{0}' is held by another capture worker; stop it first or use another slot name"
     )]
     SlotBusy(String),
+    /// The slot fills another lakehouse.
+    #[error(
+        "replication slot '{slot}' fills the lakehouse at {recorded}, not {requested}; use the \
+         original --lakehouse-root, or another --capture-slot to fill a second lakehouse"
+    )]
+    OtherLakehouse {
+        slot: String,
+        recorded: String,
+        requested: String,
+    },
     /// A replicated row does not have the shape of `resource_versions`.
     #[error("unexpected change record at LSN {lsn}: {reason}")]
     Decode { lsn: String, reason: String },

@@ -240,7 +240,16 @@ impl CaptureWorker {
         let slot_name = &self.config.slot_name;
         let state = slot::snapshot_state(admin, slot_name).await?;
         let slot = slot::slot_info(admin, slot_name).await?;
-        let resume = match (&state, &slot) {
+        if let Some(recorded) = state.as_ref().and_then(|s| s.lakehouse_root.as_deref())
+            && recorded != self.lake.root().as_str()
+        {
+            return Err(LakehouseError::OtherLakehouse {
+                slot: slot_name.clone(),
+                recorded: recorded.to_owned(),
+                requested: self.lake.root().to_string(),
+            });
+        }
+        let mut resume = match (&state, &slot) {
             (Some(state), Some(slot)) if state.completed_at.is_some() => {
                 if slot.wal_status.as_deref() == Some("lost") {
                     tracing::error!(
@@ -258,6 +267,17 @@ impl CaptureWorker {
             }
             _ => false,
         };
+        if resume {
+            // A tenant with data but no table lost its table (deleted
+            // folder): only a new snapshot can bring its rows back.
+            for tenant in slot::tenants_with_data(admin).await? {
+                if BronzeTable::open(&self.lake, &tenant).await?.is_none() {
+                    tracing::warn!(tenant = %tenant, slot = %slot_name, "tenant has data but no bronze table; copying a new snapshot");
+                    resume = false;
+                    break;
+                }
+            }
+        }
         if !resume {
             if slot.is_some() {
                 slot::drop_slot(admin, slot_name).await?;
@@ -324,7 +344,13 @@ impl CaptureWorker {
             }
         };
         let consistent_point = snapshot.consistent_point().value();
-        slot::record_snapshot_started(admin, slot_name, consistent_point).await?;
+        slot::record_snapshot_started(
+            admin,
+            slot_name,
+            consistent_point,
+            self.lake.root().as_str(),
+        )
+        .await?;
         tracing::info!(slot = %slot_name, lsn = %format_lsn(consistent_point), "copying the initial snapshot");
         let started = Instant::now();
 

@@ -28,6 +28,8 @@ pub struct SlotInfo {
 #[derive(Debug, Clone)]
 pub struct SnapshotState {
     pub snapshot_lsn: u64,
+    /// Root URL of the lakehouse the slot fills.
+    pub lakehouse_root: Option<String>,
     pub started_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
 }
@@ -117,18 +119,22 @@ pub async fn snapshot_state(
     admin: &PgPool,
     slot: &str,
 ) -> Result<Option<SnapshotState>, LakehouseError> {
-    let row: Option<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT snapshot_lsn::text, snapshot_started_at, snapshot_completed_at \
+    let row: Option<(String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>)> =
+        sqlx::query_as(
+            "SELECT snapshot_lsn::text, lakehouse_root, snapshot_started_at, snapshot_completed_at \
          FROM capture_state WHERE slot_name = $1",
-    )
-    .bind(slot)
-    .fetch_optional(admin)
-    .await?;
-    Ok(row.map(|(lsn, started_at, completed_at)| SnapshotState {
-        snapshot_lsn: parse_lsn(&lsn).unwrap_or(0),
-        started_at,
-        completed_at,
-    }))
+        )
+        .bind(slot)
+        .fetch_optional(admin)
+        .await?;
+    Ok(row.map(
+        |(lsn, lakehouse_root, started_at, completed_at)| SnapshotState {
+            snapshot_lsn: parse_lsn(&lsn).unwrap_or(0),
+            lakehouse_root,
+            started_at,
+            completed_at,
+        },
+    ))
 }
 
 /// Records that a snapshot at `lsn` is being copied.
@@ -136,14 +142,17 @@ pub async fn record_snapshot_started(
     admin: &PgPool,
     slot: &str,
     lsn: u64,
+    lakehouse_root: &str,
 ) -> Result<(), LakehouseError> {
     sqlx::query(
-        "INSERT INTO capture_state (slot_name, snapshot_lsn) VALUES ($1, $2::pg_lsn) \
+        "INSERT INTO capture_state (slot_name, snapshot_lsn, lakehouse_root) VALUES ($1, $2::pg_lsn, $3) \
          ON CONFLICT (slot_name) DO UPDATE SET snapshot_lsn = EXCLUDED.snapshot_lsn, \
+             lakehouse_root = EXCLUDED.lakehouse_root, \
              snapshot_started_at = now(), snapshot_completed_at = NULL",
     )
     .bind(slot)
     .bind(format_lsn(lsn))
+    .bind(lakehouse_root)
     .execute(admin)
     .await?;
     Ok(())
@@ -165,6 +174,16 @@ pub async fn clear_snapshot_state(admin: &PgPool, slot: &str) -> Result<(), Lake
         .execute(admin)
         .await?;
     Ok(())
+}
+
+/// Returns the tenants that have resource versions in PostgreSQL.
+pub async fn tenants_with_data(admin: &PgPool) -> Result<Vec<String>, LakehouseError> {
+    Ok(sqlx::query_scalar(
+        "SELECT t.tenant FROM tenants t \
+         WHERE EXISTS (SELECT 1 FROM resource_versions v WHERE v.tenant = t.tenant) ORDER BY 1",
+    )
+    .fetch_all(admin)
+    .await?)
 }
 
 /// A session-level advisory lock that makes one worker the only consumer of

@@ -388,7 +388,41 @@ async fn documented_queries_run_on_sample_data() {
     for file in files {
         let query = std::fs::read_to_string(&file).unwrap();
         let result = env.sql("demo", query.trim().trim_end_matches(';')).await;
-        assert!(result.rows > 0, "{} returned no rows on the sample data", file.display());
+        assert!(
+            result.rows > 0,
+            "{} returned no rows on the sample data",
+            file.display()
+        );
     }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_stays_with_its_lakehouse() {
+    let env = Env::new(&["alpha"]).await;
+    env.load("alpha", &[sample_data().join("synthea-bulk-10-2024")])
+        .await;
+    let capture = env.start_capture(env.capture_config());
+    wait_caught_up(&env, "alpha").await;
+    capture.stop().await;
+
+    // Another root with the same slot would miss everything already captured.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = infoctor_lakehouse::Lakehouse::from_folder(other_dir.path()).unwrap();
+    let worker = CaptureWorker::new(env.db.clone(), other, env.capture_config());
+    let err = worker.run(CancellationToken::new()).await.unwrap_err();
+    assert!(
+        matches!(err, LakehouseError::OtherLakehouse { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--capture-slot"), "{err}");
+
+    // A table deleted from the right root is copied again from a new snapshot.
+    let table_dir = env.lake.local_root().unwrap().join("alpha");
+    std::fs::remove_dir_all(&table_dir).unwrap();
+    let capture = env.start_capture(env.capture_config());
+    wait_caught_up(&env, "alpha").await;
+    capture.stop().await;
+    assert_exactly_once(&env, "alpha").await;
     env.cleanup().await;
 }
