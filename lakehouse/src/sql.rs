@@ -35,6 +35,19 @@ const RESOURCES_CURRENT: &str = "CREATE VIEW resources_current AS \
         FROM bronze) AS latest \
     WHERE rn = 1 AND operation <> 'delete'";
 
+/// Stack size of the query threads.
+const QUERY_STACK_BYTES: usize = 1 << 30;
+/// Longest accepted statement, in bytes.
+pub const MAX_SQL_BYTES: usize = 256 * 1024;
+/// Rows per batch inside a query. Smaller than DataFusion's default of 8192
+/// so each step of an expensive join or filter is short, which is where a
+/// cancelled query stops.
+const BATCH_ROWS: usize = 1024;
+/// Functions that build values of any size from small arguments. DataFusion's
+/// memory limit counts operator buffers, not expression results, so these
+/// are not offered.
+const UNBOUNDED_FUNCTIONS: [&str; 4] = ["repeat", "lpad", "rpad", "array_repeat"];
+
 /// Limits applied to every query.
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
@@ -146,6 +159,10 @@ impl QueryService {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(limits.threads.max(1))
             .thread_name("infoctor-sql")
+            // Planning and optimising recurse over the expression tree, so a
+            // long chain such as `1+1+...` or a large IN list needs a deep
+            // stack. The reservation is virtual: only pages used are backed.
+            .thread_stack_size(QUERY_STACK_BYTES)
             .enable_all()
             .build()?;
         let permits = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
@@ -164,26 +181,61 @@ impl QueryService {
 
     /// Runs one read-only statement over a tenant's tables. The caller checks
     /// that the tenant exists.
+    ///
+    /// The time limit covers the wait for a free query slot and is enforced
+    /// here, on the caller's runtime, so the answer comes in time even when
+    /// the query threads are busy. A query slot is released only when its
+    /// work has stopped: DataFusion stops at its next yield point after the
+    /// query is dropped.
     pub async fn query(&self, tenant: &str, sql: &str) -> Result<QueryResult, QueryError> {
-        let permit = Arc::clone(&self.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| QueryError::Lakehouse("query service is shutting down".to_owned()))?;
+        if sql.len() > MAX_SQL_BYTES {
+            return Err(QueryError::Invalid(format!(
+                "the statement has {} bytes, more than the {MAX_SQL_BYTES} allowed; move long value lists into a join",
+                sql.len()
+            )));
+        }
+        let timeout = self.limits.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let permit = match tokio::time::timeout_at(
+            deadline,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => {
+                return Err(QueryError::Lakehouse(
+                    "query service is shutting down".to_owned(),
+                ));
+            }
+            Err(_) => return Err(QueryError::Timeout(timeout)),
+        };
         let lake = self.lake.clone();
         let limits = self.limits.clone();
         let tenant = tenant.to_owned();
         let sql = sql.to_owned();
         let runtime = self.runtime.0.as_ref().expect("runtime lives until drop");
-        let timeout = limits.timeout;
-        let task = runtime.spawn(async move {
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(timeout, run_query(&lake, &tenant, &sql, &limits)).await {
-                Ok(result) => result,
-                Err(_) => Err(QueryError::Timeout(timeout)),
+            tokio::select! {
+                result = run_query(&lake, &tenant, &sql, &limits) => {
+                    let _ = answer.send(result);
+                }
+                _ = cancelled => {}
             }
         });
-        task.await
-            .map_err(|err| QueryError::Lakehouse(format!("query task failed: {err}")))?
+        match tokio::time::timeout_at(deadline, answered).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(QueryError::Lakehouse(
+                "query task stopped without a result".to_owned(),
+            )),
+            Err(_) => {
+                let _ = cancel.send(());
+                Err(QueryError::Timeout(timeout))
+            }
+        }
     }
 }
 
@@ -239,6 +291,7 @@ pub async fn tenant_session(
         .map_err(|err| QueryError::Lakehouse(err.to_string()))?;
     let config = SessionConfig::new()
         .with_target_partitions(limits.threads.max(1))
+        .with_batch_size(BATCH_ROWS)
         .with_information_schema(true);
     let state = SessionStateBuilder::new()
         .with_config(config)
@@ -246,6 +299,9 @@ pub async fn tenant_session(
         .with_default_features()
         .build();
     let ctx = SessionContext::new_with_state(state);
+    for name in UNBOUNDED_FUNCTIONS {
+        ctx.deregister_udf(name);
+    }
     let lakehouse_error = |err: &dyn std::fmt::Display| QueryError::Lakehouse(err.to_string());
 
     match BronzeTable::open(lake, tenant)
@@ -338,7 +394,13 @@ pub fn render(
     let mut out = Vec::new();
     match format {
         OutputFormat::Table => {
-            let table = arrow::util::pretty::pretty_format_batches(&result.batches)?;
+            let empty = [RecordBatch::new_empty(Arc::clone(&result.schema))];
+            let batches = if result.rows == 0 {
+                &empty[..]
+            } else {
+                &result.batches[..]
+            };
+            let table = arrow::util::pretty::pretty_format_batches(batches)?;
             out.extend_from_slice(table.to_string().as_bytes());
             out.push(b'\n');
         }

@@ -389,3 +389,104 @@ async fn http_endpoint_answers_and_rejects() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_expressions_plan_without_crashing() {
+    let (_dir, lake) = lake();
+    seed(&lake, "alpha", 10).await;
+    let queries = service(&lake, QueryLimits::default());
+    let sum = format!("SELECT {}", vec!["1"; 2_000].join("+"));
+    let result = queries.query("alpha", &sum).await.unwrap();
+    assert_eq!(column_strings(&result, 0), vec!["2000"]);
+    let ids: Vec<String> = (0..5_000).map(|n| format!("'alpha-p{n}'")).collect();
+    let list = format!(
+        "SELECT count(*) FROM bronze WHERE id IN ({})",
+        ids.join(",")
+    );
+    assert_eq!(
+        scalar_i64(&queries.query("alpha", &list).await.unwrap()),
+        20
+    );
+    let too_long = format!("SELECT {}", vec!["1"; 200_000].join("+"));
+    let err = queries.query("alpha", &too_long).await.unwrap_err();
+    assert!(matches!(err, QueryError::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("bytes"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_queries_leave_service_usable() {
+    let (_dir, lake) = lake();
+    seed(&lake, "alpha", 3_000).await;
+    let queries = Arc::new(service(
+        &lake,
+        QueryLimits {
+            timeout: Duration::from_secs(2),
+            ..QueryLimits::default()
+        },
+    ));
+    // A hundred billion generated rows, read batch by batch: the scan
+    // yields between batches, so a cancelled query stops soon after its
+    // deadline.
+    let heavy = "SELECT count(*) FROM range(100000000000) r WHERE r.value % 7 = 3";
+    let mut running = Vec::new();
+    for _ in 0..2 {
+        let queries = Arc::clone(&queries);
+        running.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let result = queries.query("alpha", heavy).await;
+            (started.elapsed(), result)
+        }));
+    }
+    for task in running {
+        let (elapsed, result) = task.await.unwrap();
+        assert!(matches!(result, Err(QueryError::Timeout(_))), "{result:?}");
+        assert!(
+            elapsed < Duration::from_secs(4),
+            "timeout answered after {elapsed:?}"
+        );
+    }
+    // The cancelled work stops, so a small query gets through again.
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        match queries.query("alpha", "SELECT 1").await {
+            Ok(result) => {
+                last = Some(result);
+                break;
+            }
+            Err(QueryError::Timeout(_)) => continue,
+            Err(err) => panic!("{err}"),
+        }
+    }
+    assert!(
+        last.is_some(),
+        "SELECT 1 did not run within 30 s after the timeouts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_building_functions_are_unavailable() {
+    let (_dir, lake) = lake();
+    let queries = service(&lake, QueryLimits::default());
+    for query in [
+        "SELECT repeat('x', 1500000000)",
+        "SELECT lpad('x', 1500000000)",
+        "SELECT rpad('x', 1500000000)",
+    ] {
+        let err = queries.query("alpha", query).await.unwrap_err();
+        assert!(matches!(err, QueryError::Invalid(_)), "{query}: {err:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_table_output_keeps_header() {
+    let (_dir, lake) = lake();
+    seed(&lake, "alpha", 1).await;
+    let queries = service(&lake, QueryLimits::default());
+    let empty = queries
+        .query("alpha", "SELECT id FROM bronze WHERE false")
+        .await
+        .unwrap();
+    let table = String::from_utf8(render(&empty, OutputFormat::Table).unwrap()).unwrap();
+    assert!(table.contains("| id |"), "{table}");
+}
