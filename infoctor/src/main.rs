@@ -92,6 +92,16 @@ enum Command {
         #[command(subcommand)]
         command: commands::view::ViewCommand,
     },
+    /// Model files for the NLP models.
+    Models {
+        #[command(subcommand)]
+        command: commands::nlp::ModelsCommand,
+    },
+    /// Clinical text processing.
+    Nlp {
+        #[command(subcommand)]
+        command: commands::nlp::NlpCommand,
+    },
     /// Lakehouse maintenance.
     Lakehouse {
         #[command(subcommand)]
@@ -174,6 +184,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => commands::demo::run(&settings, &cli.lake, args).await,
         Command::Capture(args) => commands::capture::run(&settings, &cli.lake, args).await,
         Command::Sql(args) => commands::sql::run(&settings, &cli.lake, args).await,
+        Command::Models { command } => commands::nlp::run_models(&settings.data_dir, command),
+        Command::Nlp { command } => commands::nlp::run_nlp(command),
         Command::View { command } => commands::view::run(&settings, command).await,
         Command::Lakehouse { command } => {
             commands::lakehouse::run(&settings, &cli.lake, command).await

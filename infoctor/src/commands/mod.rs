@@ -4,6 +4,7 @@ pub mod capture;
 pub mod demo;
 pub mod lakehouse;
 pub mod load;
+pub mod nlp;
 pub mod serve;
 pub mod sql;
 pub mod tenant;
