@@ -8,6 +8,7 @@
 //! | [`interactions`] | one module per FHIR interaction, shared by REST and Bundles |
 //! | [`api`] | axum routes, request context, OperationOutcome rendering |
 //! | [`load`] | bulk loading of NDJSON and Bundle files |
+//! | [`proposals`] | proposals drawn from notes, kept apart from the record until accepted |
 //! | [`tenants`] | tenant administration |
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod interactions;
 pub mod load;
 pub mod postgres;
+pub mod proposals;
 pub mod search;
 pub mod store;
 pub mod tenants;

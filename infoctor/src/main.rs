@@ -1,6 +1,7 @@
 //! The `infoctor` command: serves the FHIR API, administers tenants, loads
 //! FHIR files and runs the demo.
 
+mod assist;
 mod commands;
 mod database;
 mod lakehouse;
@@ -185,7 +186,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Capture(args) => commands::capture::run(&settings, &cli.lake, args).await,
         Command::Sql(args) => commands::sql::run(&settings, &cli.lake, args).await,
         Command::Models { command } => commands::nlp::run_models(&settings.data_dir, command),
-        Command::Nlp { command } => commands::nlp::run_nlp(command),
+        Command::Nlp { command } => commands::nlp::run_nlp(&settings, command).await,
         Command::View { command } => commands::view::run(&settings, command).await,
         Command::Lakehouse { command } => {
             commands::lakehouse::run(&settings, &cli.lake, command).await

@@ -11,6 +11,7 @@
 //! | [`terminology`] | loaders for ICD-10-CM tables and for codings found in FHIR NDJSON |
 //! | [`context`] | ConText-style triggers for negation, uncertainty, temporality and experiencer |
 //! | [`extract`](mod@extract) | [`extract()`]: mentions with codes, byte offsets, section and attributes, serialisable as JSON |
+//! | [`propose`] | proposal drafts: affirmed problems, allergies and medications of the patient, grouped by concept |
 //! | [`linking`] | nearest concepts by embedding for phrases with no dictionary match, with an on-disk cache of term embeddings |
 //!
 //! Models never load from a network at run time: [`model_files::fetch_minilm`]
@@ -31,6 +32,9 @@
 //!   next. Sentence splitting is heuristic on line-wrapped text.
 //! - Mentions do not overlap: at each word the longest term wins.
 
+/// Version of this crate, recorded with every proposal it draws.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod context;
 pub mod dictionary;
 pub mod embed;
@@ -38,6 +42,7 @@ pub mod error;
 pub mod extract;
 pub mod linking;
 pub mod model_files;
+pub mod propose;
 pub mod sections;
 pub mod sentences;
 pub mod terminology;

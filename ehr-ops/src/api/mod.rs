@@ -7,6 +7,7 @@
 
 mod context;
 mod render;
+pub mod review;
 mod routes;
 
 use std::sync::Arc;
@@ -54,6 +55,13 @@ pub struct AppState {
 
 /// Builds the router with every FHIR route and its middleware.
 pub fn router(db: Database, config: ApiConfig) -> Router {
+    router_with(db, config, Router::new())
+}
+
+/// Builds the router with every FHIR route, the routes of `extra` (which
+/// share the state, the request context and the middleware), and the
+/// middleware.
+pub fn router_with(db: Database, config: ApiConfig, extra: Router<AppState>) -> Router {
     let max_body_bytes = config.max_body_bytes;
     let timeout = config.request_timeout;
     let state = AppState {
@@ -61,6 +69,8 @@ pub fn router(db: Database, config: ApiConfig) -> Router {
         config: Arc::new(config),
     };
     routes::routes()
+        .merge(review::routes())
+        .merge(extra)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(

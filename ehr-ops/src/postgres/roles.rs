@@ -63,6 +63,9 @@ pub(super) async fn grant_app_role(admin: &PgPool) -> Result<(), DatabaseError> 
         // only, so the application may not rewrite history.
         format!("GRANT SELECT, INSERT ON resource_versions TO {APP_ROLE}"),
         format!("REVOKE UPDATE, DELETE, TRUNCATE ON resource_versions FROM {APP_ROLE}"),
+        // Proposals are decided, never deleted: rejections are kept for
+        // evaluation.
+        format!("GRANT SELECT, INSERT, UPDATE ON proposals TO {APP_ROLE}"),
     ];
     // Concurrent GRANTs on one object fail with "tuple concurrently updated"
     // when several servers start at once, so they run one at a time under a

@@ -2,7 +2,7 @@
 //! creates the tenant `demo`, loads the sample patients shipped in the
 //! repository (a no-op when they are already loaded) and serves.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use infoctor_ehr_ops::load::LoadOptions;
@@ -33,6 +33,66 @@ fn default_sample_dir() -> PathBuf {
 
 const TENANT: &str = "demo";
 
+/// Returns the folders under `root` (itself included) that hold NDJSON
+/// files, whose codings make the demo's terminology.
+fn ndjson_folders(root: &Path) -> Vec<PathBuf> {
+    let mut folders = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut has_ndjson = false;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if path.is_dir() {
+                pending.push(path);
+            } else if name.ends_with(".ndjson") || name.ends_with(".ndjson.gz") {
+                has_ndjson = true;
+            }
+        }
+        if has_ndjson {
+            folders.push(dir);
+        }
+    }
+    folders.sort();
+    folders
+}
+
+/// Notes per patient the demo proposes for at start; the rest are one
+/// `$extract` call away.
+const DEMO_NOTES_PER_PATIENT: i64 = 3;
+
+/// Draws proposals from each sample patient's latest notes.
+async fn propose_for_latest_notes(
+    db: &infoctor_ehr_ops::postgres::Database,
+    terminology: &crate::assist::TerminologyArgs,
+) -> anyhow::Result<()> {
+    if terminology.is_empty() {
+        println!("no NDJSON sample files to take terminology from; skipping note proposals");
+        return Ok(());
+    }
+    let loaded = terminology.clone();
+    let extractor =
+        tokio::task::spawn_blocking(move || crate::assist::NoteExtractor::load(&loaded))
+            .await
+            .context("loading the terminology")??;
+    let args = crate::commands::nlp::ProposeArgs {
+        tenant: TENANT.to_owned(),
+        notes: Vec::new(),
+        all: false,
+        latest: Some(DEMO_NOTES_PER_PATIENT),
+        terminology: terminology.clone(),
+    };
+    let totals = crate::assist::propose_notes(db, TENANT, &extractor, &args, false).await?;
+    println!(
+        "read the latest {DEMO_NOTES_PER_PATIENT} notes of each patient ({} notes): {} new proposals for review, {} already in the record",
+        totals.notes, totals.created, totals.already_recorded
+    );
+    Ok(())
+}
+
 /// Runs the demo.
 pub async fn run(settings: &Settings, lake: &LakeArgs, args: DemoArgs) -> anyhow::Result<()> {
     if !args.sample_data.is_dir() {
@@ -49,7 +109,12 @@ pub async fn run(settings: &Settings, lake: &LakeArgs, args: DemoArgs) -> anyhow
         println!("loading sample patients from {}", args.sample_data.display());
         let report = load::load_with_bar(&opened.db, TENANT, std::slice::from_ref(&args.sample_data), &LoadOptions::default()).await?;
         load::print_report(&report);
-        serve::serve_until_signal(&opened.db, settings, lake, &args.listen, &args.services, |address| {
+        let mut services = args.services.clone();
+        if services.terminology.is_empty() {
+            services.terminology.codings = ndjson_folders(&args.sample_data);
+        }
+        propose_for_latest_notes(&opened.db, &services.terminology).await?;
+        serve::serve_until_signal(&opened.db, settings, lake, &args.listen, &services, |address| {
             let base = format!("http://{address}/fhir/{TENANT}");
             println!();
             println!("Infoctor demo is running. Try:");
@@ -60,6 +125,8 @@ pub async fn run(settings: &Settings, lake: &LakeArgs, args: DemoArgs) -> anyhow
             println!("  curl '{base}/Observation?code=http://loinc.org|4548-4&value-quantity=gt7&_sort=-date'");
             println!("  curl '{base}/DocumentReference?_count=1'");
             println!("  curl '{base}/Patient/{{id}}/$everything'");
+            println!("  curl 'http://{address}/review/{TENANT}/proposals?status=pending&_count=5'");
+            println!("  curl -X POST '{base}/DocumentReference/{{id}}/$extract'");
             println!("  curl -d 'SELECT resource_type, count(*) AS n FROM resources_current GROUP BY 1 ORDER BY 2 DESC' 'http://{address}/lakehouse/{TENANT}/sql?format=table'");
             println!("Press Ctrl-C to stop.");
         })

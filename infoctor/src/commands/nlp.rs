@@ -1,4 +1,4 @@
-//! `infoctor models fetch` and `infoctor nlp extract`.
+//! `infoctor models fetch`, `infoctor nlp extract` and `infoctor nlp propose`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -7,6 +7,9 @@ use anyhow::Context;
 use infoctor_nlp::model_files::{default_model_dir, fetch_minilm};
 use infoctor_nlp::terminology::{harvest_fhir_codings, load_icd10cm_dir};
 use infoctor_nlp::{Dictionary, extract};
+
+use crate::assist::TerminologyArgs;
+use crate::database::Settings;
 
 /// Subcommands of `infoctor models`.
 #[derive(Debug, clap::Subcommand)]
@@ -36,6 +39,29 @@ pub enum NlpCommand {
         #[arg(long, env = "INFOCTOR_CODINGS_DIR")]
         codings: Option<PathBuf>,
     },
+    /// Extract concepts from a tenant's notes (DocumentReferences with
+    /// inline text) and store problems, allergies and medications as
+    /// proposals for review; the clinical record is not changed.
+    Propose(ProposeArgs),
+}
+
+/// Options of `infoctor nlp propose`.
+#[derive(Debug, clap::Args)]
+pub struct ProposeArgs {
+    /// Tenant whose notes to read.
+    #[arg(long, env = "INFOCTOR_TENANT")]
+    pub tenant: String,
+    /// DocumentReference ids; repeat for several.
+    #[arg(long = "note", conflicts_with_all = ["all", "latest"])]
+    pub notes: Vec<String>,
+    /// Every note of the tenant.
+    #[arg(long, conflicts_with = "latest")]
+    pub all: bool,
+    /// The latest N notes of each patient (by DocumentReference.date).
+    #[arg(long, value_name = "N")]
+    pub latest: Option<i64>,
+    #[command(flatten)]
+    pub terminology: TerminologyArgs,
 }
 
 /// Runs `infoctor models ...`.
@@ -58,8 +84,9 @@ pub fn run_models(data_dir: &Path, command: ModelsCommand) -> anyhow::Result<()>
 }
 
 /// Runs `infoctor nlp ...`.
-pub fn run_nlp(command: NlpCommand) -> anyhow::Result<()> {
+pub async fn run_nlp(settings: &Settings, command: NlpCommand) -> anyhow::Result<()> {
     match command {
+        NlpCommand::Propose(args) => crate::assist::run_propose(settings, args).await,
         NlpCommand::Extract {
             file,
             icd10cm,

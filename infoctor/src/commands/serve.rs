@@ -10,6 +10,7 @@ use infoctor_lakehouse::sql::QueryService;
 use tokio_util::sync::CancellationToken;
 
 use crate::ListenArgs;
+use crate::assist::{self, NoteExtractor, TerminologyArgs};
 use crate::database::{self, Settings};
 use crate::lakehouse::{CaptureArgs, LakeArgs, SqlLimitArgs, spawn_capture};
 
@@ -33,6 +34,8 @@ pub struct ServiceArgs {
     pub capture: CaptureArgs,
     #[command(flatten)]
     pub sql: SqlLimitArgs,
+    #[command(flatten)]
+    pub terminology: TerminologyArgs,
 }
 
 /// Serves until a shutdown signal arrives. `on_ready` runs once the socket
@@ -71,7 +74,18 @@ pub async fn serve_until_signal(
         capture_metrics,
         slot_name,
     };
-    let router = api::router(db.clone(), config).merge(infoctor_lakehouse::api::router(lakehouse));
+    let extractor = if services.terminology.is_empty() {
+        tracing::info!("note extraction off: no --icd10cm or --codings given");
+        None
+    } else {
+        let terminology = services.terminology.clone();
+        let extractor = tokio::task::spawn_blocking(move || NoteExtractor::load(&terminology))
+            .await
+            .context("loading the terminology")??;
+        Some(Arc::new(extractor))
+    };
+    let router = api::router_with(db.clone(), config, assist::routes(extractor))
+        .merge(infoctor_lakehouse::api::router(lakehouse));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {

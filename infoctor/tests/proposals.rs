@@ -1,0 +1,481 @@
+//! Notes to proposals end to end: `infoctor serve` with note extraction,
+//! `$extract`, the review routes, acceptance with Provenance, and proof that
+//! an unaccepted proposal reaches neither FHIR search nor the change log that
+//! feeds the lakehouse.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use infoctor_ehr_ops::load::{self, LoadOptions, NoProgress};
+use infoctor_ehr_ops::postgres::{Database, DatabaseConfig};
+use infoctor_ehr_ops::tenants;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const NOTE: &str = "HPI: Patient denies chest pain. Rule out pneumonia. Mother had breast cancer.\n\
+Assessment: Viral sinusitis. Essential hypertension. Start acetaminophen 325 MG Oral Tablet.\n";
+
+fn server_url() -> String {
+    std::env::var("INFOCTOR_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (head, query) = url
+        .split_once('?')
+        .map_or((url, None), |(h, q)| (h, Some(q)));
+    let scheme_end = head.find("://").map_or(0, |i| i + 3);
+    let base = head[scheme_end..]
+        .find('/')
+        .map_or(head, |slash| &head[..scheme_end + slash]);
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+fn icd10cm_dir() -> PathBuf {
+    let data = std::env::var_os("INFOCTOR_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data"))
+        });
+    let dir = data.join("icd10cm-2026");
+    assert!(
+        dir.is_dir(),
+        "ICD-10-CM folder {} not found; set INFOCTOR_TEST_DATA",
+        dir.display()
+    );
+    dir
+}
+
+fn sample_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../sample-data/synthea-bulk-10-2024"
+    ))
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_server(database_url: &str, lake: &std::path::Path) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+        .args(["serve", "--no-capture", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--icd10cm")
+        .arg(icd10cm_dir())
+        .arg("--codings")
+        .arg(sample_dir())
+        .arg("--lakehouse-root")
+        .arg(lake)
+        .env("DATABASE_URL", database_url)
+        .env("INFOCTOR_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(format!("{base}/health")).send().await
+            && response.status() == StatusCode::OK
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "server did not answer /health within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Server { child, base }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    let value = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON ({status}): {body}"))
+    };
+    (status, value)
+}
+
+async fn total(client: &reqwest::Client, url: String) -> i64 {
+    let (status, body) = send(client.get(url)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["total"].as_i64().unwrap()
+}
+
+fn codes(report: &Value) -> Vec<(String, String)> {
+    report["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_owned(),
+                p["codings"][0]["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn find<'a>(report: &'a Value, code: &str) -> &'a Value {
+    report["proposals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["codings"][0]["code"] == code)
+        .unwrap_or_else(|| panic!("no proposal with code {code}: {report}"))
+}
+
+async fn version_rows(db: &Database) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM resource_versions")
+        .fetch_one(db.admin_pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notes_become_reviewable_proposals() {
+    let server = server_url();
+    let name = format!("infoctor_np_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let database_url = with_database(&server, &name);
+    let db = Database::connect(&DatabaseConfig {
+        admin_url: database_url.clone(),
+        app_password: None,
+        max_connections: 4,
+    })
+    .await
+    .unwrap();
+    tenants::create(&db, "clinic").await.unwrap();
+    tenants::create(&db, "other").await.unwrap();
+    load::load(
+        &db,
+        "clinic",
+        &[sample_dir()],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let app = start_server(&database_url, lake.path()).await;
+    let fhir = format!("{}/fhir/clinic", app.base);
+    let review = format!("{}/review/clinic/proposals", app.base);
+    let client = reqwest::Client::new();
+
+    // A new patient with no record, and a note about them.
+    let (status, patient) = send(client.post(format!("{fhir}/Patient")).json(&json!({
+        "resourceType": "Patient", "name": [{"family": "Proposal", "given": ["Test"]}]
+    })))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{patient}");
+    let patient_id = patient["id"].as_str().unwrap().to_owned();
+    let data = base64::engine::general_purpose::STANDARD.encode(NOTE);
+    let (status, note) = send(
+        client
+            .post(format!("{fhir}/DocumentReference"))
+            .json(&json!({
+                "resourceType": "DocumentReference",
+                "status": "current",
+                "subject": {"reference": format!("Patient/{patient_id}")},
+                "content": [{"attachment": {"contentType": "text/plain", "data": data}}]
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{note}");
+    let note_id = note["id"].as_str().unwrap().to_owned();
+    let versions_before = version_rows(&db).await;
+
+    // Extraction stores affirmed concepts only.
+    let extract_url = format!("{fhir}/DocumentReference/{note_id}/$extract");
+    let (status, report) = send(client.post(&extract_url)).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    let found = codes(&report);
+    assert!(
+        found.contains(&("problem".into(), "444814009".into())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("problem".into(), "I10".into())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("medication".into(), "313782".into())),
+        "{found:?}"
+    );
+    for never in ["R07.9", "J18", "J18.9", "C80.1", "C50.919"] {
+        assert!(
+            !found.iter().any(|(_, code)| code == never),
+            "{never} must not be proposed: {found:?}"
+        );
+    }
+    assert_eq!(report["created"], 3, "{report}");
+    assert!(
+        report["skipped"]["negated"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        report["skipped"]["uncertain"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        report["skipped"]["other_experiencer"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    let sinusitis = find(&report, "444814009");
+    let span = &sinusitis["spans"][0];
+    let (start, end) = (
+        span["start"].as_u64().unwrap() as usize,
+        span["end"].as_u64().unwrap() as usize,
+    );
+    assert_eq!(&NOTE[start..end], span["text"].as_str().unwrap());
+    assert_eq!(
+        sinusitis["note"],
+        format!("DocumentReference/{note_id}/_history/1")
+    );
+    assert!(
+        sinusitis["model"]
+            .as_str()
+            .unwrap()
+            .contains("infoctor-nlp")
+    );
+    assert!(!sinusitis["model_version"].as_str().unwrap().is_empty());
+    assert!(
+        sinusitis["terminology"]
+            .as_str()
+            .unwrap()
+            .contains("ICD-10-CM")
+    );
+
+    // Pending proposals are not in the record, not in search, and not in
+    // the version table that change capture publishes to the lakehouse.
+    let patient_ref = format!("Patient/{patient_id}");
+    assert_eq!(
+        total(&client, format!("{fhir}/Condition?patient={patient_ref}")).await,
+        0
+    );
+    assert_eq!(
+        total(
+            &client,
+            format!("{fhir}/MedicationStatement?patient={patient_ref}")
+        )
+        .await,
+        0
+    );
+    let (_, everything) =
+        send(client.get(format!("{fhir}/Patient/{patient_id}/$everything"))).await;
+    let types: Vec<&str> = everything["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert!(!types.contains(&"Condition"), "{types:?}");
+    assert_eq!(version_rows(&db).await, versions_before);
+    let published: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_publication_tables WHERE pubname = 'infoctor_capture'",
+    )
+    .fetch_all(db.admin_pool())
+    .await
+    .unwrap();
+    assert_eq!(published, vec!["resource_versions".to_owned()]);
+
+    // The operation's route leaves the other instance routes alone.
+    let (status, history) =
+        send(client.get(format!("{fhir}/DocumentReference/{note_id}/_history"))).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(history["total"], 1, "{history}");
+
+    // Extracting again adds nothing.
+    let (status, again) = send(client.post(&extract_url)).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["created"], 0, "{again}");
+    assert_eq!(again["unchanged"], 3, "{again}");
+
+    // Another tenant sees none of it.
+    let other = format!("{}/review/other/proposals", app.base);
+    let sinusitis_id = sinusitis["id"].as_str().unwrap().to_owned();
+    assert_eq!(total(&client, other.clone()).await, 0);
+    let (status, _) = send(client.get(format!("{other}/{sinusitis_id}"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(
+        client
+            .post(format!("{other}/{sinusitis_id}/accept"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(client.post(format!(
+        "{}/fhir/other/DocumentReference/{note_id}/$extract",
+        app.base
+    )))
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(client.get(format!("{}/review/nobody/proposals", app.base))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Listing filters by patient and status.
+    assert_eq!(
+        total(
+            &client,
+            format!("{review}?patient={patient_id}&status=pending")
+        )
+        .await,
+        3
+    );
+    let (status, outcome) = send(client.get(format!("{review}?status=maybe"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(outcome.to_string().contains("maybe"), "{outcome}");
+
+    // A rejection needs a reason, is kept, and is final.
+    let medication_id = find(&report, "313782")["id"].as_str().unwrap().to_owned();
+    let reject_url = format!("{review}/{medication_id}/reject");
+    let (status, outcome) = send(client.post(&reject_url).json(&json!({}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{outcome}");
+    let (status, rejected) = send(
+        client
+            .post(&reject_url)
+            .json(&json!({"reason": "patient stopped it"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rejected}");
+    assert_eq!(rejected["status"], "rejected");
+    assert_eq!(rejected["reason"], "patient stopped it");
+    let (status, _) = send(client.post(&reject_url).json(&json!({"reason": "again"}))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        total(
+            &client,
+            format!("{fhir}/MedicationStatement?patient={patient_ref}")
+        )
+        .await,
+        0
+    );
+
+    // A bad edit leaves the proposal pending.
+    let accept_url = format!("{review}/{sinusitis_id}/accept");
+    let (status, outcome) = send(
+        client
+            .post(&accept_url)
+            .json(&json!({"clinicalStatus": "cured"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{outcome}");
+    let (status, outcome) = send(client.post(&accept_url).json(&json!({"severity": 3}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{outcome}");
+    let (_, still) = send(client.get(format!("{review}/{sinusitis_id}"))).await;
+    assert_eq!(still["status"], "pending");
+
+    // Acceptance writes the Condition and its Provenance.
+    let (status, accepted) = send(
+        client
+            .post(&accept_url)
+            .json(&json!({"clinicalStatus": "resolved"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{accepted}");
+    assert_eq!(accepted["status"], "accepted");
+    let condition_ref = accepted["resource"].as_str().unwrap().to_owned();
+    let (status, condition) = send(client.get(format!("{fhir}/{condition_ref}"))).await;
+    assert_eq!(status, StatusCode::OK, "{condition}");
+    assert_eq!(
+        condition["category"][0]["coding"][0]["code"],
+        "problem-list-item"
+    );
+    assert_eq!(condition["clinicalStatus"]["coding"][0]["code"], "resolved");
+    assert_eq!(condition["code"]["coding"][0]["code"], "444814009");
+    assert_eq!(condition["subject"]["reference"], patient_ref);
+    let provenance_ref = accepted["provenance"].as_str().unwrap();
+    let (status, provenance) = send(client.get(format!("{fhir}/{provenance_ref}"))).await;
+    assert_eq!(status, StatusCode::OK, "{provenance}");
+    assert_eq!(provenance["target"][0]["reference"], condition_ref);
+    assert_eq!(
+        provenance["entity"][0]["what"]["reference"],
+        format!("DocumentReference/{note_id}/_history/1")
+    );
+    assert_eq!(
+        total(&client, format!("{fhir}/Condition?patient={patient_ref}")).await,
+        1
+    );
+    let (status, _) = send(client.post(&accept_url).json(&json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    // A Synthea note names conditions its patient already has: those are
+    // not proposed again.
+    let synthea_note: String = sqlx::query_scalar(
+        "SELECT id FROM resources WHERE tenant = 'clinic' AND resource_type = 'DocumentReference' \
+         AND id <> $1 ORDER BY id LIMIT 1",
+    )
+    .bind(&note_id)
+    .fetch_one(db.admin_pool())
+    .await
+    .unwrap();
+    let (status, synthea) =
+        send(client.post(format!("{fhir}/DocumentReference/{synthea_note}/$extract"))).await;
+    assert_eq!(status, StatusCode::OK, "{synthea}");
+    assert!(
+        synthea["already_recorded"].as_u64().unwrap() > 0,
+        "{synthea}"
+    );
+
+    // Unknown notes and non-notes are clear errors.
+    let (status, _) = send(client.post(format!("{fhir}/DocumentReference/missing/$extract"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The command line proposes for the latest note of each patient.
+    drop(app);
+    let output = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+        .args([
+            "nlp",
+            "propose",
+            "--tenant",
+            "clinic",
+            "--latest",
+            "1",
+            "--codings",
+        ])
+        .arg(sample_dir())
+        .env("DATABASE_URL", &database_url)
+        .env("INFOCTOR_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("notes read"), "{stdout}");
+    assert!(stdout.contains("0 notes failed"), "{stdout}");
+    db.close().await;
+}
