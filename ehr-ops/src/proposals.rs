@@ -24,7 +24,7 @@ use crate::interactions::{Call, ReturnPreference, create};
 use crate::search;
 use crate::store::{self, format_instant};
 
-/// What a proposal would add to the record.
+/// Kind of record entry a proposal would add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProposalKind {

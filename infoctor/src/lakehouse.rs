@@ -87,14 +87,26 @@ impl CaptureArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct SqlLimitArgs {
     /// Seconds a SQL query may run.
-    #[arg(long, env = "INFOCTOR_SQL_TIMEOUT_SECS", default_value_t = 60)]
+    #[arg(long, env = "INFOCTOR_SQL_TIMEOUT_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub sql_timeout_secs: u64,
     /// Largest number of rows a SQL query may return.
-    #[arg(long, env = "INFOCTOR_SQL_MAX_ROWS", default_value_t = 100_000)]
+    #[arg(long, env = "INFOCTOR_SQL_MAX_ROWS", default_value_t = 100_000,
+          value_parser = positive_usize)]
     pub sql_max_rows: usize,
     /// Memory, in MiB, a SQL query may use for sorts, joins and aggregates.
-    #[arg(long, env = "INFOCTOR_SQL_MEMORY_MIB", default_value_t = 1024)]
+    #[arg(long, env = "INFOCTOR_SQL_MEMORY_MIB", default_value_t = 1024,
+          value_parser = positive_usize)]
     pub sql_memory_mib: usize,
+}
+
+/// Parses a count that must be at least 1.
+fn positive_usize(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(value) => Ok(value),
+        Err(err) => Err(format!("not a whole number: {err}")),
+    }
 }
 
 impl SqlLimitArgs {

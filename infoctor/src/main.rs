@@ -43,7 +43,7 @@ struct Cli {
         long,
         global = true,
         env = "INFOCTOR_LOG",
-        default_value = "info,sqlx::postgres::notice=warn"
+        default_value = "info,sqlx::postgres::notice=warn,pg_walstream=warn,deltalake_core=warn,buoyant_kernel=warn"
     )]
     log: String,
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -63,6 +64,62 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
+/// Returns the caller's `X-Request-Id`, or a new id when it sent none.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| !id.is_empty())
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Picks the output format from an Accept header, honouring q-values: the
+/// supported media type with the highest q wins, ties going to the one
+/// listed first; `*/*` or nothing supported means JSON.
+fn format_from_accept(accept: &str) -> OutputFormat {
+    let mut best: Option<(f32, OutputFormat)> = None;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|param| param.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let format = match media.as_str() {
+            "application/vnd.apache.arrow.stream" => OutputFormat::Arrow,
+            "text/csv" => OutputFormat::Csv,
+            "text/plain" => OutputFormat::Table,
+            "application/json" => OutputFormat::Json,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(best_q, _)| q > best_q) {
+            best = Some((q, format));
+        }
+    }
+    best.map_or(OutputFormat::Json, |(_, format)| format)
+}
+
+/// Reads the request body, answering an oversized one with a JSON error.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                &format!(
+                    "the request body is larger than {MAX_SQL_BYTES} bytes; send a shorter statement"
+                ),
+            )
+        } else {
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid-body",
+                &format!("could not read the request body: {rejection}"),
+            )
+        }
+    })
+}
+
 fn negotiate(params: &SqlParams, headers: &HeaderMap) -> Result<OutputFormat, Response> {
     if let Some(name) = &params.format {
         return OutputFormat::parse(name).ok_or_else(|| {
@@ -77,15 +134,7 @@ fn negotiate(params: &SqlParams, headers: &HeaderMap) -> Result<OutputFormat, Re
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    Ok(if accept.contains("application/vnd.apache.arrow.stream") {
-        OutputFormat::Arrow
-    } else if accept.contains("text/csv") {
-        OutputFormat::Csv
-    } else if accept.contains("text/plain") {
-        OutputFormat::Table
-    } else {
-        OutputFormat::Json
-    })
+    Ok(format_from_accept(accept))
 }
 
 async fn sql(
@@ -93,13 +142,13 @@ async fn sql(
     Path(tenant): Path<String>,
     Query(params): Query<SqlParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let request_id = request_id(&headers);
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let format = match negotiate(&params, &headers) {
         Ok(format) => format,
         Err(response) => return response,
@@ -243,13 +292,26 @@ async fn viewdefinition_run(
     State(state): State<LakehouseState>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let request_id = request_id(&headers);
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return outcome(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-long",
+                &format!("the request body is larger than {MAX_SQL_BYTES} bytes"),
+            );
+        }
+        Err(rejection) => {
+            return outcome(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                &format!("could not read the request body: {rejection}"),
+            );
+        }
+    };
     match infoctor_ehr_ops::tenants::exists(&state.db, &tenant).await {
         Ok(true) => {}
         Ok(false) => {
@@ -389,5 +451,38 @@ async fn viewdefinition_run(
                 &err.to_string(),
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_honours_q_values() {
+        let cases = [
+            ("", OutputFormat::Json),
+            ("*/*", OutputFormat::Json),
+            ("text/csv", OutputFormat::Csv),
+            ("text/csv;q=0.5, application/json", OutputFormat::Json),
+            (
+                "application/json;q=0.1, text/plain;q=0.9",
+                OutputFormat::Table,
+            ),
+            (
+                "text/csv;q=0, application/vnd.apache.arrow.stream",
+                OutputFormat::Arrow,
+            ),
+            ("text/html, text/csv", OutputFormat::Csv),
+        ];
+        for (accept, expected) in cases {
+            assert_eq!(format_from_accept(accept), expected, "Accept: {accept}");
+        }
+    }
+
+    #[test]
+    fn missing_request_id_gets_one() {
+        let id = request_id(&HeaderMap::new());
+        assert_eq!(id.len(), 36, "{id}");
     }
 }

@@ -156,11 +156,14 @@ impl std::fmt::Display for CaptureStatus {
 pub fn prometheus(status: &CaptureStatus, metrics: Option<&CaptureMetrics>) -> String {
     let mut out = String::new();
     let slot = &status.slot_name;
+    // The text format wants each family's samples together, after one HELP
+    // and TYPE line, so a family's samples are written in one run.
+    let mut described = std::collections::HashSet::new();
     let mut gauge = |name: &str, help: &str, labels: &str, value: String| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}"
-        );
+        if described.insert(name.to_owned()) {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        }
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
     };
     gauge(
         "infoctor_capture_slot_active",
@@ -184,20 +187,22 @@ pub fn prometheus(status: &CaptureStatus, metrics: Option<&CaptureMetrics>) -> S
             format!("{lag}"),
         );
     }
+    let table_labels = |tenant: &str| format!("tenant=\"{tenant}\",table=\"bronze\"");
     for table in &status.tables {
-        let labels = format!("tenant=\"{}\",table=\"bronze\"", table.tenant);
         if let Some(version) = table.version {
             gauge(
                 "infoctor_lakehouse_table_version",
                 "Latest Delta version of the table.",
-                &labels,
+                &table_labels(&table.tenant),
                 version.to_string(),
             );
         }
+    }
+    for table in &status.tables {
         gauge(
             "infoctor_lakehouse_table_files",
             "Data files in the table's latest version.",
-            &labels,
+            &table_labels(&table.tenant),
             table.files.to_string(),
         );
     }

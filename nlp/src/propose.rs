@@ -16,7 +16,7 @@ use crate::extract::{Experiencer, Mention, Temporality};
 use crate::sections::SectionKind;
 use crate::terminology::{ICD10CM_SYSTEM, LOINC_SYSTEM, RXNORM_SYSTEM, SNOMED_SYSTEM};
 
-/// What a draft would add to the record.
+/// Kind of record entry a draft would add.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DraftKind {
@@ -44,7 +44,7 @@ pub struct Draft {
     pub attributes: Value,
 }
 
-/// Why a mention was not proposed.
+/// Reason a mention was not proposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipReason {
@@ -129,8 +129,8 @@ fn is_problem_section(section: SectionKind) -> bool {
 }
 
 /// Decides what a concept found in a section would be. SNOMED CT displays
-/// carry a semantic tag, `(disorder)` or `(finding)` for problems; an
-/// untagged SNOMED CT term counts as a problem only in a problem section.
+/// carry a semantic tag, and `(disorder)` or `(finding)` marks a problem.
+/// An untagged SNOMED CT term counts as a problem only in a problem section.
 fn classify(section: SectionKind, concept: &Concept) -> Option<DraftKind> {
     let system = concept.system.as_str();
     if system == LOINC_SYSTEM {

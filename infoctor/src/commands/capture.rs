@@ -61,7 +61,7 @@ async fn run_worker(
     let shutdown = CancellationToken::new();
     let worker = CaptureWorker::new(opened.db.clone(), lakehouse.clone(), args.config());
     println!(
-        "capturing changes into {}; press Ctrl-C to stop",
+        "starting change capture into {}; press Ctrl-C to stop",
         lakehouse.root()
     );
     let signal = shutdown.clone();

@@ -81,7 +81,14 @@ pub async fn slot_info(admin: &PgPool, slot: &str) -> Result<Option<SlotInfo>, L
             confirmed_flush_lsn: confirmed.as_deref().and_then(parse_lsn),
             wal_status,
             lag_bytes,
-            lag_seconds,
+            // The walsender keeps its last measured lag for a while after
+            // the consumer caught up; with no WAL left to confirm, the lag
+            // is zero.
+            lag_seconds: if lag_bytes == Some(0) {
+                Some(0.0)
+            } else {
+                lag_seconds
+            },
         },
     ))
 }
