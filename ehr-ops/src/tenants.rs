@@ -85,6 +85,19 @@ pub async fn list(db: &Database) -> Result<Vec<Tenant>, TenantError> {
         .collect())
 }
 
+/// Returns whether a tenant exists.
+pub async fn exists(db: &Database, name: &str) -> Result<bool, TenantError> {
+    if !is_valid_name(name) {
+        return Ok(false);
+    }
+    Ok(
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant = $1)")
+            .bind(name)
+            .fetch_one(db.admin_pool())
+            .await?,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_valid_name;
@@ -98,17 +111,4 @@ mod tests {
         assert!(!is_valid_name("-x"));
         assert!(!is_valid_name("a/b"));
     }
-}
-
-/// Returns whether a tenant exists.
-pub async fn exists(db: &Database, name: &str) -> Result<bool, TenantError> {
-    if !is_valid_name(name) {
-        return Ok(false);
-    }
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE tenant = $1)")
-            .bind(name)
-            .fetch_one(db.admin_pool())
-            .await?,
-    )
 }

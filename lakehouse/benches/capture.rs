@@ -231,7 +231,7 @@ async fn run() {
                     .map(|k| {
                         let index = ((round * WRITERS + writer) * BUNDLE_SIZE + k) % bodies.len();
                         let mut body = bodies[index].clone();
-                        body["status"] = json!(if round % 2 == 0 { "amended" } else { "final" });
+                        body["status"] = json!(if round.is_multiple_of(2) { "amended" } else { "final" });
                         json!({
                             "resource": body,
                             "request": { "method": "PUT", "url": format!("Observation/{}", ids[index]) }
@@ -263,20 +263,21 @@ async fn run() {
         metrics.changes_total.load(Ordering::Relaxed) as usize >= target
     })
     .await;
-    let window = metrics.commit_latency.lock().unwrap();
-    println!(
-        "steady rate: {written} changes in {:.1} s = {:.0} changes/s offered, {} transactions",
-        write_time.as_secs_f64(),
-        written as f64 / write_time.as_secs_f64(),
-        window.len()
-    );
-    for (label, fraction) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+    {
+        let window = metrics.commit_latency.lock().unwrap();
         println!(
-            "commit to queryable {label}: {:.0} ms",
-            window.quantile(fraction).unwrap_or(f64::NAN) * 1000.0
+            "steady rate: {written} changes in {:.1} s = {:.0} changes/s offered, {} transactions",
+            write_time.as_secs_f64(),
+            written as f64 / write_time.as_secs_f64(),
+            window.len()
         );
+        for (label, fraction) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+            println!(
+                "commit to queryable {label}: {:.0} ms",
+                window.quantile(fraction).unwrap_or(f64::NAN) * 1000.0
+            );
+        }
     }
-    drop(window);
     worker.stop().await;
     infoctor_lakehouse::capture::slot::drop_slot(db.admin_pool(), &slot)
         .await

@@ -100,6 +100,8 @@ fn format_from_accept(accept: &str) -> OutputFormat {
 }
 
 /// Reads the request body, answering an oversized one with a JSON error.
+// The error is the finished response, which handlers return as is.
+#[allow(clippy::result_large_err)]
 fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
     body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -120,6 +122,7 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
     })
 }
 
+#[allow(clippy::result_large_err)]
 fn negotiate(params: &SqlParams, headers: &HeaderMap) -> Result<OutputFormat, Response> {
     if let Some(name) = &params.format {
         return OutputFormat::parse(name).ok_or_else(|| {

@@ -86,11 +86,9 @@ impl Lakehouse {
     /// of the root.
     pub fn table_url(&self, tenant: &str, table: &str) -> Url {
         debug_assert!(infoctor_ehr_ops::tenants::is_valid_name(tenant));
-        let joined = self
-            .root
+        self.root
             .join(&format!("{tenant}/{table}/"))
-            .expect("a valid tenant and table name always joins onto a URL");
-        joined
+            .expect("a valid tenant and table name always joins onto a URL")
     }
 
     /// Lists the tenants that have a lakehouse folder under a local root.

@@ -56,14 +56,15 @@ pub async fn check_logical_replication(admin: &PgPool) -> Result<(), LakehouseEr
 
 /// Reads a slot's status, or `None` when the slot does not exist.
 pub async fn slot_info(admin: &PgPool, slot: &str) -> Result<Option<SlotInfo>, LakehouseError> {
-    let row: Option<(
+    type SlotRow = (
         String,
         bool,
         Option<String>,
         Option<String>,
         Option<i64>,
         Option<f64>,
-    )> = sqlx::query_as(
+    );
+    let row: Option<SlotRow> = sqlx::query_as(
         "SELECT s.slot_name::text, s.active, s.confirmed_flush_lsn::text, s.wal_status, \
                     pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, \
                     extract(epoch FROM r.replay_lag)::float8 \
@@ -126,14 +127,14 @@ pub async fn snapshot_state(
     admin: &PgPool,
     slot: &str,
 ) -> Result<Option<SnapshotState>, LakehouseError> {
-    let row: Option<(String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>)> =
-        sqlx::query_as(
-            "SELECT snapshot_lsn::text, lakehouse_root, snapshot_started_at, snapshot_completed_at \
+    type StateRow = (String, Option<String>, DateTime<Utc>, Option<DateTime<Utc>>);
+    let row: Option<StateRow> = sqlx::query_as(
+        "SELECT snapshot_lsn::text, lakehouse_root, snapshot_started_at, snapshot_completed_at \
          FROM capture_state WHERE slot_name = $1",
-        )
-        .bind(slot)
-        .fetch_optional(admin)
-        .await?;
+    )
+    .bind(slot)
+    .fetch_optional(admin)
+    .await?;
     Ok(row.map(
         |(lsn, lakehouse_root, started_at, completed_at)| SnapshotState {
             snapshot_lsn: parse_lsn(&lsn).unwrap_or(0),
