@@ -177,6 +177,12 @@ pub struct Proposal {
     /// `Provenance/id` written with the acceptance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<String>,
+    #[serde(skip)]
+    patient_id: String,
+    #[serde(skip)]
+    note_id: String,
+    #[serde(skip)]
+    note_version: i64,
 }
 
 /// Result of storing a note's drafts.
@@ -190,6 +196,9 @@ pub struct SaveOutcome {
     pub unchanged: usize,
     /// Drafts whose code the patient's record already holds.
     pub already_recorded: usize,
+    /// Drafts whose code already waits for review from another note or
+    /// note version of the patient.
+    pub already_proposed: usize,
 }
 
 /// Filters of [`list`].
@@ -200,6 +209,8 @@ pub struct ListFilter {
     pub kind: Option<ProposalKind>,
     /// A DocumentReference id.
     pub note: Option<String>,
+    /// A version of that DocumentReference.
+    pub note_version: Option<i64>,
     /// At most this many, newest first.
     pub limit: i64,
 }
@@ -258,6 +269,25 @@ pub async fn read_note(conn: &mut PgConnection, id: &str) -> FhirResult<Note> {
             )
         })?
         .to_owned();
+    if body.get("status").and_then(Value::as_str) == Some("entered-in-error") {
+        return Err(FhirError::invalid(
+            format!("DocumentReference/{id} is entered-in-error; its text is not read"),
+            Some("DocumentReference.status"),
+        ));
+    }
+    match store::read(conn, "Patient", &patient_id).await {
+        Ok(_) => {}
+        Err(FhirError::NotFound { .. } | FhirError::Gone { .. }) => {
+            return Err(FhirError::invalid(
+                format!(
+                    "the subject of DocumentReference/{id}, Patient/{patient_id}, does not \
+                     exist; correct the note's subject first"
+                ),
+                Some("DocumentReference.subject"),
+            ));
+        }
+        Err(err) => return Err(err),
+    }
     let encounter_id = body
         .pointer("/context/encounter/0/reference")
         .and_then(Value::as_str)
@@ -313,12 +343,17 @@ pub async fn save(
     let mut created = 0;
     let mut unchanged = 0;
     let mut already_recorded = 0;
+    let mut already_proposed = 0;
     for draft in drafts {
         let Some(primary) = draft.codings.first() else {
             continue;
         };
         if is_recorded(conn, draft.kind, &note.patient_id, primary).await? {
             already_recorded += 1;
+            continue;
+        }
+        if is_pending_elsewhere(conn, draft.kind, note, primary).await? {
+            already_proposed += 1;
             continue;
         }
         let inserted = sqlx::query(
@@ -377,6 +412,7 @@ pub async fn save(
         created,
         unchanged,
         already_recorded,
+        already_proposed,
         "stored note proposals"
     );
     Ok(SaveOutcome {
@@ -384,7 +420,32 @@ pub async fn save(
         created,
         unchanged,
         already_recorded,
+        already_proposed,
     })
+}
+
+/// Checks whether a pending proposal of the patient names the same concept
+/// from another note or note version.
+async fn is_pending_elsewhere(
+    conn: &mut PgConnection,
+    kind: ProposalKind,
+    note: &Note,
+    coding: &Coding,
+) -> FhirResult<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM proposals \
+             WHERE tenant = current_setting('infoctor.tenant') AND patient_id = $1 \
+               AND status = 'pending' AND kind = $2 AND code_system = $3 AND code = $4 \
+               AND NOT (note_id = $5 AND note_version = $6))",
+    )
+    .bind(&note.patient_id)
+    .bind(kind.as_str())
+    .bind(&coding.system)
+    .bind(&coding.code)
+    .bind(&note.id)
+    .bind(note.version)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// Checks whether the patient's record holds a live resource of the kind
@@ -477,6 +538,9 @@ fn proposal_from_row(row: ProposalRow) -> FhirResult<Proposal> {
         patient: format!("Patient/{patient_id}"),
         encounter: encounter_id.map(|id| format!("Encounter/{id}")),
         note: format!("DocumentReference/{note_id}/_history/{note_version}"),
+        patient_id,
+        note_id,
+        note_version,
         codings: serde_json::from_value(codings).map_err(|_| corrupt("codings"))?,
         spans: serde_json::from_value(spans).map_err(|_| corrupt("spans"))?,
         attributes,
@@ -495,6 +559,17 @@ fn proposal_from_row(row: ProposalRow) -> FhirResult<Proposal> {
     })
 }
 
+/// Rejects text with a NUL character, which PostgreSQL cannot store.
+pub fn reject_nul(field: &str, value: &str) -> FhirResult<()> {
+    if value.contains('\0') {
+        return Err(FhirError::invalid(
+            format!("{field} contains a NUL character; remove it"),
+            Some(field),
+        ));
+    }
+    Ok(())
+}
+
 /// Lists proposals, newest first.
 pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> FhirResult<Vec<Proposal>> {
     let rows: Vec<ProposalRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -504,16 +579,38 @@ pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> FhirResult<Ve
            AND ($2::text IS NULL OR status = $2) \
            AND ($3::text IS NULL OR kind = $3) \
            AND ($4::text IS NULL OR note_id = $4) \
-         ORDER BY created_at DESC, id LIMIT $5"
+           AND ($5::bigint IS NULL OR note_version = $5) \
+         ORDER BY created_at DESC, id LIMIT $6"
     )))
     .bind(&filter.patient)
     .bind(filter.status.map(ProposalStatus::as_str))
     .bind(filter.kind.map(ProposalKind::as_str))
     .bind(&filter.note)
+    .bind(filter.note_version)
     .bind(filter.limit.max(0))
     .fetch_all(&mut *conn)
     .await?;
     rows.into_iter().map(proposal_from_row).collect()
+}
+
+/// Counts the proposals that match a filter, ignoring its limit.
+pub async fn count(conn: &mut PgConnection, filter: &ListFilter) -> FhirResult<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM proposals \
+         WHERE tenant = current_setting('infoctor.tenant') \
+           AND ($1::text IS NULL OR patient_id = $1) \
+           AND ($2::text IS NULL OR status = $2) \
+           AND ($3::text IS NULL OR kind = $3) \
+           AND ($4::text IS NULL OR note_id = $4) \
+           AND ($5::bigint IS NULL OR note_version = $5)",
+    )
+    .bind(&filter.patient)
+    .bind(filter.status.map(ProposalStatus::as_str))
+    .bind(filter.kind.map(ProposalKind::as_str))
+    .bind(&filter.note)
+    .bind(filter.note_version)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 /// Reads one proposal; `lock` takes a row lock for a decision.
@@ -552,6 +649,47 @@ fn ensure_pending(proposal: &Proposal) -> FhirResult<()> {
     )))
 }
 
+/// Fails with a conflict when the proposal's note changed, was deleted or
+/// entered in error, or now names another patient, or when the patient is
+/// gone: the evidence no longer supports the proposal as stored.
+async fn ensure_note_unchanged(conn: &mut PgConnection, proposal: &Proposal) -> FhirResult<()> {
+    let note = match read_note(conn, &proposal.note_id).await {
+        Ok(note) => note,
+        Err(FhirError::Gone { .. } | FhirError::NotFound { .. }) => {
+            return Err(FhirError::Conflict(format!(
+                "DocumentReference/{} was deleted; its proposals can only be rejected",
+                proposal.note_id
+            )));
+        }
+        Err(FhirError::Invalid(issues)) => {
+            return Err(FhirError::Conflict(format!(
+                "DocumentReference/{} can no longer support proposals: {}; reject this one",
+                proposal.note_id,
+                issues
+                    .iter()
+                    .map(|issue| issue.diagnostics.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        Err(err) => return Err(err),
+    };
+    if note.version != proposal.note_version {
+        return Err(FhirError::Conflict(format!(
+            "DocumentReference/{} changed to version {} after this proposal was drawn from \
+             version {}; extract the note again and review the new proposals",
+            note.id, note.version, proposal.note_version
+        )));
+    }
+    if note.patient_id != proposal.patient_id {
+        return Err(FhirError::Conflict(format!(
+            "DocumentReference/{} now names Patient/{}, not {}; extract it again",
+            note.id, note.patient_id, proposal.patient
+        )));
+    }
+    Ok(())
+}
+
 /// Accepts a pending proposal: writes the resource and a Provenance that
 /// points at the note version, and marks the proposal accepted. The caller
 /// commits, so all three happen or none.
@@ -563,7 +701,31 @@ pub async fn accept(
 ) -> FhirResult<Proposal> {
     let proposal = fetch(conn, id, true).await?;
     ensure_pending(&proposal)?;
+    ensure_note_unchanged(conn, &proposal).await?;
+    for text in [
+        acceptance.clinical_status.as_deref(),
+        acceptance.note.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        reject_nul("acceptance", text)?;
+    }
     let resource = build_resource(&proposal, &acceptance)?;
+    let coding = acceptance
+        .code
+        .clone()
+        .or_else(|| proposal.codings.first().cloned())
+        .ok_or_else(|| FhirError::Internal(format!("proposal {} has no coding", proposal.id)))?;
+    if is_recorded(conn, proposal.kind, &proposal.patient_id, &coding).await? {
+        return Err(FhirError::Conflict(format!(
+            "{} already has a {} with code {}|{}; reject this proposal as a duplicate",
+            proposal.patient,
+            proposal.kind.resource_type(),
+            coding.system,
+            coding.code
+        )));
+    }
     let resource_type = proposal.kind.resource_type();
     let created = create::create(
         conn,
@@ -617,6 +779,7 @@ pub async fn reject(
     reason: &str,
 ) -> FhirResult<Proposal> {
     let reason = reason.trim();
+    reject_nul("reason", reason)?;
     if reason.is_empty() {
         return Err(FhirError::invalid(
             "a rejection needs a reason: send {\"reason\": \"...\"}",

@@ -28,6 +28,14 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use std::collections::BTreeMap;
 
+/// Largest attachment text read, in bytes. Clinical notes are far smaller;
+/// the cap keeps one request from holding a thread and gigabytes of memory.
+const MAX_NOTE_BYTES: usize = 1 << 20;
+
+/// Spans kept per proposal; a concept mentioned more often keeps its first
+/// ones and records the full count in `attributes.mentions`.
+const MAX_SPANS_PER_PROPOSAL: usize = 50;
+
 /// Name recorded with every proposal drawn by this extractor.
 const MODEL_NAME: &str = "infoctor-nlp concept extraction (dictionary and ConText)";
 
@@ -136,23 +144,69 @@ pub struct NoteReport {
 pub async fn propose_note(
     conn: &mut PgConnection,
     call: &Call,
-    extractor: &NoteExtractor,
+    extractor: &Arc<NoteExtractor>,
     note_id: &str,
 ) -> FhirResult<NoteReport> {
     let note = proposals::read_note(conn, note_id).await?;
     if note.attachments.iter().all(Option::is_none) {
         return Err(FhirError::invalid(
             format!(
-                "DocumentReference/{note_id} has no attachment with inline text/plain data; \
-                 only such notes can be read"
+                "DocumentReference/{note_id} has no attachment with inline text/plain data \
+                 in UTF-8; only such notes can be read"
             ),
             Some("DocumentReference.content.attachment"),
         ));
     }
+    for (index, text) in note.attachments.iter().enumerate() {
+        let Some(text) = text else { continue };
+        let field = format!("DocumentReference.content[{index}].attachment.data");
+        if text.len() > MAX_NOTE_BYTES {
+            return Err(FhirError::invalid(
+                format!(
+                    "attachment {index} of DocumentReference/{note_id} has {} bytes of text; \
+                     notes longer than {MAX_NOTE_BYTES} bytes are not read",
+                    text.len()
+                ),
+                Some(&field),
+            ));
+        }
+        proposals::reject_nul(&field, text)?;
+    }
+    let attachments = note.attachments.clone();
+    let worker = Arc::clone(extractor);
+    let (mentions, skipped, merged) =
+        tokio::task::spawn_blocking(move || draw_drafts(&worker, &attachments))
+            .await
+            .map_err(|err| FhirError::Internal(format!("note extraction failed: {err}")))?;
+    let saved = proposals::save(
+        conn,
+        call,
+        &note,
+        &extractor.model,
+        merged.into_values().collect(),
+    )
+    .await?;
+    Ok(NoteReport {
+        note: format!("DocumentReference/{}/_history/{}", note.id, note.version),
+        patient: format!("Patient/{}", note.patient_id),
+        model: extractor.model.clone(),
+        mentions,
+        skipped,
+        saved,
+    })
+}
+
+type DraftMap = BTreeMap<(ProposalKind, String, String), DraftProposal>;
+
+/// Extracts every text attachment and merges the drafts by concept.
+fn draw_drafts(
+    extractor: &NoteExtractor,
+    attachments: &[Option<String>],
+) -> (usize, BTreeMap<SkipReason, usize>, DraftMap) {
     let mut mentions = 0;
     let mut skipped: BTreeMap<SkipReason, usize> = BTreeMap::new();
-    let mut merged: BTreeMap<(ProposalKind, String, String), DraftProposal> = BTreeMap::new();
-    for (index, text) in note.attachments.iter().enumerate() {
+    let mut merged: DraftMap = BTreeMap::new();
+    for (index, text) in attachments.iter().enumerate() {
         let Some(text) = text else { continue };
         let found = extract(text, &extractor.dictionary);
         mentions += found.len();
@@ -198,22 +252,14 @@ pub async fn propose_note(
             }
         }
     }
-    let saved = proposals::save(
-        conn,
-        call,
-        &note,
-        &extractor.model,
-        merged.into_values().collect(),
-    )
-    .await?;
-    Ok(NoteReport {
-        note: format!("DocumentReference/{}/_history/{}", note.id, note.version),
-        patient: format!("Patient/{}", note.patient_id),
-        model: extractor.model.clone(),
-        mentions,
-        skipped,
-        saved,
-    })
+    for draft in merged.values_mut() {
+        let total = draft.spans.len();
+        if total > MAX_SPANS_PER_PROPOSAL {
+            draft.spans.truncate(MAX_SPANS_PER_PROPOSAL);
+        }
+        draft.attributes["mentions"] = serde_json::json!(total);
+    }
+    (mentions, skipped, merged)
 }
 
 /// The `$extract` route, to merge into the FHIR router. Without a loaded
@@ -257,6 +303,12 @@ async fn note_ids(
     tenant: &str,
     args: &crate::commands::nlp::ProposeArgs,
 ) -> anyhow::Result<Vec<String>> {
+    if !infoctor_ehr_ops::tenants::exists(db, tenant)
+        .await
+        .context("looking up the tenant")?
+    {
+        anyhow::bail!("tenant '{tenant}' not found; list tenants with `infoctor tenant list`");
+    }
     if !args.notes.is_empty() {
         return Ok(args.notes.clone());
     }
@@ -312,7 +364,7 @@ pub struct ProposeTotals {
 pub async fn propose_notes(
     db: &infoctor_ehr_ops::postgres::Database,
     tenant: &str,
-    extractor: &NoteExtractor,
+    extractor: &Arc<NoteExtractor>,
     args: &crate::commands::nlp::ProposeArgs,
     verbose: bool,
 ) -> anyhow::Result<ProposeTotals> {
@@ -372,7 +424,7 @@ pub async fn run_propose(
     settings: &crate::database::Settings,
     args: crate::commands::nlp::ProposeArgs,
 ) -> anyhow::Result<()> {
-    let extractor = NoteExtractor::load(&args.terminology)?;
+    let extractor = Arc::new(NoteExtractor::load(&args.terminology)?);
     let opened = crate::database::open(settings, 4).await?;
     let result = propose_notes(&opened.db, &args.tenant, &extractor, &args, true).await;
     opened.close().await?;

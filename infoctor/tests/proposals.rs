@@ -430,6 +430,103 @@ async fn notes_become_reviewable_proposals() {
     let (status, _) = send(client.post(&accept_url).json(&json!({}))).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
+    // A new note version: concepts pending from version 1 are not proposed
+    // twice, and version 1's proposals can no longer be accepted.
+    let hypertension_id = find(&report, "I10")["id"].as_str().unwrap().to_owned();
+    let (status, updated) = send(
+        client
+            .put(format!("{fhir}/DocumentReference/{note_id}"))
+            .json(&json!({
+                "resourceType": "DocumentReference",
+                "id": note_id,
+                "status": "current",
+                "description": "amended",
+                "subject": {"reference": format!("Patient/{patient_id}")},
+                "content": [{"attachment": {"contentType": "text/plain", "data": data}}]
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    let (status, second) = send(client.post(&extract_url)).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["already_proposed"], 1, "{second}");
+    assert_eq!(second["already_recorded"], 1, "{second}");
+    assert_eq!(
+        second["created"], 1,
+        "the rejected medication is proposed again: {second}"
+    );
+    let (status, outcome) = send(
+        client
+            .post(format!("{review}/{hypertension_id}/accept"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{outcome}");
+    assert!(outcome.to_string().contains("version 2"), "{outcome}");
+
+    // A concept recorded after it was proposed is not recorded twice.
+    let medication_v2 = find(&second, "313782")["id"].as_str().unwrap().to_owned();
+    let (status, statement) = send(client.post(format!("{fhir}/MedicationStatement")).json(
+        &json!({
+            "resourceType": "MedicationStatement",
+            "status": "active",
+            "medicationCodeableConcept": {"coding": [{
+                "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "313782"
+            }]},
+            "subject": {"reference": patient_ref}
+        }),
+    ))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{statement}");
+    let (status, outcome) = send(
+        client
+            .post(format!("{review}/{medication_v2}/accept"))
+            .json(&json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{outcome}");
+    assert!(outcome.to_string().contains("already has"), "{outcome}");
+
+    // The list counts every match, not just the page.
+    let (status, page) = send(client.get(format!("{review}?patient={patient_id}&_count=1"))).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 4, "{page}");
+    assert_eq!(page["proposals"].as_array().unwrap().len(), 1, "{page}");
+    let by_version = format!("{review}?note=DocumentReference/{note_id}/_history/2");
+    assert_eq!(total(&client, by_version).await, 1);
+    for query in ["status=pending&status=rejected", "patient=%00"] {
+        let (status, outcome) = send(client.get(format!("{review}?{query}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {outcome}");
+    }
+    let (status, _) =
+        send(client.get(format!("{}/review/demo%0aforged/proposals", app.base))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Oversized notes are not read.
+    let long_text = "Fever. ".repeat(160_000);
+    let (status, long_note) = send(
+        client
+            .post(format!("{fhir}/DocumentReference"))
+            .json(&json!({
+                "resourceType": "DocumentReference",
+                "status": "current",
+                "subject": {"reference": patient_ref},
+                "content": [{"attachment": {
+                    "contentType": "text/plain",
+                    "data": base64::engine::general_purpose::STANDARD.encode(&long_text)
+                }}]
+            })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{long_note}");
+    let long_id = long_note["id"].as_str().unwrap();
+    let (status, outcome) =
+        send(client.post(format!("{fhir}/DocumentReference/{long_id}/$extract"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{outcome}");
+    assert!(outcome.to_string().contains("bytes"), "{outcome}");
+    let (status, _) = send(client.delete(format!("{fhir}/DocumentReference/{long_id}"))).await;
+    assert!(status.is_success(), "{status}");
+
     // A Synthea note names conditions its patient already has: those are
     // not proposed again.
     let synthea_note: String = sqlx::query_scalar(
@@ -477,5 +574,14 @@ async fn notes_become_reviewable_proposals() {
     );
     assert!(stdout.contains("notes read"), "{stdout}");
     assert!(stdout.contains("0 notes failed"), "{stdout}");
+    let unknown = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+        .args(["nlp", "propose", "--tenant", "nosuch", "--all", "--codings"])
+        .arg(sample_dir())
+        .env("DATABASE_URL", &database_url)
+        .env("INFOCTOR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
     db.close().await;
 }

@@ -71,9 +71,11 @@ impl FromRequestParts<AppState> for Ctx {
                 format!("{scheme}://{host}")
             }
         };
-        if tenant.is_empty() {
+        // A name that no tenant can have is rejected before it reaches a
+        // log line, where control characters could forge entries.
+        if !crate::tenants::is_valid_name(&tenant) {
             return Err(super::render::ErrorResponse {
-                error: FhirError::UnknownTenant(String::new()),
+                error: FhirError::UnknownTenant(tenant.escape_debug().to_string()),
                 request_id,
             });
         }

@@ -124,7 +124,15 @@ fn parse_filter(query: Option<&str>) -> FhirResult<ListFilter> {
         limit: DEFAULT_COUNT,
         ..ListFilter::default()
     };
+    let mut seen = std::collections::HashSet::new();
     for (name, value) in interactions::query_pairs(query) {
+        proposals::reject_nul(&name, &value)?;
+        if !seen.insert(name.clone()) {
+            return Err(FhirError::invalid(
+                format!("parameter '{name}' is given more than once; give it once"),
+                Some(&name),
+            ));
+        }
         match name.as_str() {
             "patient" => {
                 let id = value.strip_prefix("Patient/").unwrap_or(&value);
@@ -152,8 +160,23 @@ fn parse_filter(query: Option<&str>) -> FhirResult<ListFilter> {
                 });
             }
             "note" => {
-                let id = value.strip_prefix("DocumentReference/").unwrap_or(&value);
+                // `id`, `DocumentReference/id` or `DocumentReference/id/_history/n`,
+                // the form each proposal shows.
+                let reference = value.strip_prefix("DocumentReference/").unwrap_or(&value);
+                let (id, version) = match reference.split_once("/_history/") {
+                    Some((id, version)) => {
+                        let version = version.parse::<i64>().map_err(|_| {
+                            FhirError::invalid(
+                                format!("note version '{version}' is not a number"),
+                                Some("note"),
+                            )
+                        })?;
+                        (id, Some(version))
+                    }
+                    None => (reference, None),
+                };
                 filter.note = Some(id.to_owned());
+                filter.note_version = version;
             }
             "_count" => {
                 filter.limit = value
@@ -185,11 +208,14 @@ async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery
     let result = async {
         let filter = parse_filter(query.as_deref())?;
         let mut tx = begin(&state, &ctx).await?;
+        let total = proposals::count(&mut tx, &filter).await?;
         let proposals = proposals::list(&mut tx, &filter).await?;
         tx.commit().await?;
+        // NOTE: a list longer than _count (at most 1,000) has no next page
+        // yet; narrow it with the filters.
         Ok((
             StatusCode::OK,
-            json!({ "total": proposals.len(), "proposals": proposals }),
+            json!({ "total": total, "proposals": proposals }),
         ))
     }
     .await;
@@ -248,7 +274,16 @@ async fn reject(
     let started = Instant::now();
     let result = async {
         let body = object_body(&state, body)?;
-        let reason = body.get("reason").and_then(Value::as_str).unwrap_or("");
+        let reason = match body.get("reason") {
+            None => "",
+            Some(Value::String(reason)) => reason.as_str(),
+            Some(_) => {
+                return Err(FhirError::invalid(
+                    "reason must be a string: send {\"reason\": \"...\"}",
+                    Some("reason"),
+                ));
+            }
+        };
         let mut tx = begin(&state, &ctx).await?;
         let proposal = proposals::reject(&mut tx, &ctx.call, &id, reason).await?;
         tx.commit().await?;

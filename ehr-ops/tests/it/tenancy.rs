@@ -387,7 +387,7 @@ async fn app_role_cannot_escape_row_security() {
     let mut tx = server.db.begin_tenant(&a).await.expect("begin");
     for statement in [
         "UPDATE resources SET version_id = version_id + 100 WHERE tenant = $1",
-        "DELETE FROM resource_versions WHERE tenant = $1",
+        "DELETE FROM resources WHERE tenant = $1",
         "DELETE FROM idx_string WHERE tenant = $1",
     ] {
         let done = sqlx::query(statement)
@@ -399,6 +399,24 @@ async fn app_role_cannot_escape_row_security() {
     }
     tx.commit().await.expect("commit");
     assert_eq!(before, snapshot(&server, &b).await);
+
+    // The version table is append-only for the app role, in every tenant.
+    for statement in [
+        "DELETE FROM resource_versions WHERE tenant = $1",
+        "UPDATE resource_versions SET version_id = version_id + 100 WHERE tenant = $1",
+    ] {
+        let mut tx = server.db.begin_tenant(&a).await.expect("begin");
+        let err = sqlx::query(statement)
+            .bind(&a)
+            .execute(&mut *tx)
+            .await
+            .expect_err(statement);
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{statement}: {err}"
+        );
+        tx.rollback().await.expect("rollback");
+    }
 }
 
 #[tokio::test]

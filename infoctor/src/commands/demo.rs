@@ -78,6 +78,7 @@ async fn propose_for_latest_notes(
         tokio::task::spawn_blocking(move || crate::assist::NoteExtractor::load(&loaded))
             .await
             .context("loading the terminology")??;
+    let extractor = std::sync::Arc::new(extractor);
     let args = crate::commands::nlp::ProposeArgs {
         tenant: TENANT.to_owned(),
         notes: Vec::new(),
@@ -87,8 +88,8 @@ async fn propose_for_latest_notes(
     };
     let totals = crate::assist::propose_notes(db, TENANT, &extractor, &args, false).await?;
     println!(
-        "read the latest {DEMO_NOTES_PER_PATIENT} notes of each patient ({} notes): {} new proposals for review, {} already in the record",
-        totals.notes, totals.created, totals.already_recorded
+        "read the latest {DEMO_NOTES_PER_PATIENT} notes of each patient ({} notes, {} failed): {} new proposals for review, {} already in the record",
+        totals.notes, totals.failed, totals.created, totals.already_recorded
     );
     Ok(())
 }

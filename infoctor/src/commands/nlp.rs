@@ -58,7 +58,7 @@ pub struct ProposeArgs {
     #[arg(long, conflicts_with = "latest")]
     pub all: bool,
     /// The latest N notes of each patient (by DocumentReference.date).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..))]
     pub latest: Option<i64>,
     #[command(flatten)]
     pub terminology: TerminologyArgs,
