@@ -1,5 +1,8 @@
-//! HTTP routes of the lakehouse: `POST /lakehouse/{tenant}/sql` and
+//! HTTP routes of the lakehouse: `POST /lakehouse/{tenant}/sql`, the
+//! tenant views under `/lakehouse/{tenant}/views`, `$viewdefinition-run` and
 //! `GET /metrics`.
+
+mod views;
 
 use std::sync::Arc;
 
@@ -35,6 +38,20 @@ pub struct LakehouseState {
 pub fn router(state: LakehouseState) -> Router {
     Router::new()
         .route("/lakehouse/{tenant}/sql", post(sql))
+        .route(
+            "/lakehouse/{tenant}/views",
+            get(views::list)
+                .post(views::create)
+                .layer(DefaultBodyLimit::max(views::MAX_VIEW_BYTES)),
+        )
+        .route(
+            "/lakehouse/{tenant}/views/{name}",
+            get(views::read).delete(views::retire),
+        )
+        .route(
+            "/lakehouse/{tenant}/views/{name}/versions/{version}",
+            get(views::read_version),
+        )
         .route("/metrics", get(metrics))
         .route(
             "/fhir/{tenant}/$viewdefinition-run",
@@ -286,11 +303,12 @@ fn outcome(status: StatusCode, code: &'static str, message: &str) -> Response {
 /// Largest number of rows `$viewdefinition-run` returns in one response.
 const MAX_RUN_ROWS: usize = 1_000_000;
 
-/// `$viewdefinition-run` at system level: runs a ViewDefinition given
-/// inline (`viewResource`) or by reference to a built-in view
-/// (`viewReference` `ViewDefinition/{name}`) over the tenant's current
-/// resources. `_format` is csv, ndjson, json (default) or parquet, and
-/// `_limit` caps the rows.
+/// `$viewdefinition-run` at system level: runs a ViewDefinition over the
+/// tenant's current resources. The view is given inline (`viewResource`) or
+/// by reference (`viewReference`): `ViewDefinition/{name}` names a built-in
+/// view or a live tenant view, and `ViewDefinition/{name}/_history/{n}` a
+/// version of a tenant view, retired or not. `_format` is csv, ndjson, json
+/// (default) or parquet, and `_limit` caps the rows.
 async fn viewdefinition_run(
     State(state): State<LakehouseState>,
     Path(tenant): Path<String>,
@@ -375,22 +393,10 @@ async fn viewdefinition_run(
         .and_then(|r| r.get("reference"))
         .and_then(|r| r.as_str())
     {
-        let name = reference
-            .strip_prefix("ViewDefinition/")
-            .unwrap_or(reference);
-        match infoctor_sql_on_fhir::builtin_view(name) {
-            Some(definition) => definition,
-            None => {
-                let names: Vec<&str> = infoctor_sql_on_fhir::builtin_view_names().collect();
-                return outcome(
-                    StatusCode::NOT_FOUND,
-                    "not-found",
-                    &format!(
-                        "view '{reference}' not found; built-in views: {}",
-                        names.join(", ")
-                    ),
-                );
-            }
+        let context = infoctor_ehr_ops::api::request_context(&tenant, &headers);
+        match views::resolve_reference(&state, &context, reference).await {
+            Ok(definition) => definition,
+            Err(response) => return response,
         }
     } else {
         return outcome(

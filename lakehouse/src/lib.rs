@@ -11,8 +11,9 @@
 //! | [`sql`] | tenant-isolated, limited SQL sessions and result formats |
 //! | [`status`] | slot lag and table state, as a report and as metrics |
 //! | [`views`] | SQL on FHIR views materialised as Delta tables |
+//! | [`tenant_views`] | the views each tenant adds, versioned in PostgreSQL |
 //! | [`view_run`] | a view run over the operational store, in CSV, NDJSON, JSON or Parquet |
-//! | [`api`] | HTTP routes for SQL and metrics |
+//! | [`api`] | HTTP routes for SQL, tenant views and metrics |
 
 pub mod api;
 pub mod bronze;
@@ -22,6 +23,7 @@ pub mod layout;
 pub mod maintenance;
 pub mod sql;
 pub mod status;
+pub mod tenant_views;
 pub mod view_run;
 pub mod views;
 

@@ -9,6 +9,7 @@
 //! runtime, with bounded threads and concurrency, under a time limit and a
 //! row cap.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
+use infoctor_ehr_ops::postgres::Database;
 use tokio::sync::Semaphore;
 
 use crate::bronze::{self, BronzeTable};
@@ -140,6 +142,9 @@ pub struct QueryService {
     limits: QueryLimits,
     runtime: QueryRuntime,
     permits: Arc<Semaphore>,
+    /// Database that lists the live tenant views. Without it, sessions hold
+    /// no tenant view table.
+    db: Option<Database>,
 }
 
 struct QueryRuntime(Option<tokio::runtime::Runtime>);
@@ -171,7 +176,15 @@ impl QueryService {
             limits,
             runtime: QueryRuntime(Some(runtime)),
             permits,
+            db: None,
         })
+    }
+
+    /// Registers each tenant's live tenant views in its sessions, as listed
+    /// in `db` at the start of each query.
+    pub fn with_tenant_views(mut self, db: Database) -> QueryService {
+        self.db = Some(db);
+        self
     }
 
     /// Returns the limits.
@@ -210,6 +223,24 @@ impl QueryService {
             }
             Err(_) => return Err(QueryError::Timeout(timeout)),
         };
+        // The lookup runs here, on the caller's runtime, where the pool's
+        // connections live.
+        let tenant_views = match &self.db {
+            Some(db) => {
+                match tokio::time::timeout_at(deadline, crate::tenant_views::live_names(db, tenant))
+                    .await
+                {
+                    Ok(Ok(names)) => names,
+                    Ok(Err(err)) => {
+                        return Err(QueryError::Lakehouse(format!(
+                            "reading the tenant's views failed: {err}"
+                        )));
+                    }
+                    Err(_) => return Err(QueryError::Timeout(timeout)),
+                }
+            }
+            None => BTreeSet::new(),
+        };
         let lake = self.lake.clone();
         let limits = self.limits.clone();
         let tenant = tenant.to_owned();
@@ -220,7 +251,7 @@ impl QueryService {
         runtime.spawn(async move {
             let _permit = permit;
             tokio::select! {
-                result = run_query(&lake, &tenant, &sql, &limits) => {
+                result = run_query(&lake, &tenant, &sql, &limits, &tenant_views) => {
                     let _ = answer.send(result);
                 }
                 _ = cancelled => {}
@@ -244,8 +275,9 @@ async fn run_query(
     tenant: &str,
     sql: &str,
     limits: &QueryLimits,
+    tenant_views: &BTreeSet<String>,
 ) -> Result<QueryResult, QueryError> {
-    let ctx = tenant_session(lake, tenant, limits).await?;
+    let ctx = tenant_session(lake, tenant, limits, tenant_views).await?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -277,13 +309,16 @@ async fn run_query(
 }
 
 /// Builds a session holding only `tenant`'s tables: `bronze`, the view
-/// `resources_current`, and the tenant's materialised view tables
-/// (`patient`, `observation`, ...). A tenant without captured data gets an
+/// `resources_current`, the built-in view tables (`patient`, `observation`,
+/// ...) and the tables of the tenant views named in `tenant_views`. Other
+/// folders under the tenant's `views/`, such as the tables of retired
+/// tenant views, are not registered. A tenant without captured data gets an
 /// empty `bronze`.
 pub async fn tenant_session(
     lake: &Lakehouse,
     tenant: &str,
     limits: &QueryLimits,
+    tenant_views: &BTreeSet<String>,
 ) -> Result<SessionContext, QueryError> {
     let runtime_env = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes, 1.0)
@@ -332,6 +367,10 @@ pub async fn tenant_session(
         .await
         .map_err(|err| lakehouse_error(&err))?;
     for (name, url) in crate::views::local_view_tables(lake, tenant) {
+        let builtin = infoctor_sql_on_fhir::builtin_view_names().any(|b| b == name);
+        if !builtin && !tenant_views.contains(&name) {
+            continue;
+        }
         let table = deltalake::DeltaTableBuilder::from_url(url)
             .map_err(|err| lakehouse_error(&err))?
             .load()

@@ -10,8 +10,12 @@
 //! the last change applied). A crash between the two commits is repaired by
 //! the replay, which deletes nothing more and appends the rows. A changed
 //! definition has another hash, so its table is rebuilt from the change log.
+//! The hash of a tenant view also covers its version number, so a later
+//! version that restores an earlier definition rebuilds the table too. The
+//! table may still hold the rows of the version in between, and without the
+//! version the restored definition would find its old marker and keep them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Builder, RecordBatch, StringBuilder};
@@ -20,6 +24,7 @@ use datafusion::prelude::{col, lit};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructField, StructType, Transaction};
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder};
 use infoctor_sql_on_fhir::{CompiledView, ViewDefinition};
@@ -66,6 +71,23 @@ impl MaterializedView {
         name: &str,
         definition: &ViewDefinition,
     ) -> Result<MaterializedView, LakehouseError> {
+        MaterializedView::compile(name, definition, None)
+    }
+
+    /// Compiles one version of a tenant view under its table name.
+    pub fn versioned(
+        name: &str,
+        definition: &ViewDefinition,
+        version: i32,
+    ) -> Result<MaterializedView, LakehouseError> {
+        MaterializedView::compile(name, definition, Some(version))
+    }
+
+    fn compile(
+        name: &str,
+        definition: &ViewDefinition,
+        version: Option<i32>,
+    ) -> Result<MaterializedView, LakehouseError> {
         if !is_valid_view_name(name) {
             return Err(LakehouseError::InvalidView {
                 name: name.to_owned(),
@@ -79,8 +101,12 @@ impl MaterializedView {
                 name: name.to_owned(),
                 reason: err.to_string(),
             })?;
-        let canonical = serde_json::to_vec(definition).unwrap_or_default();
-        let hash = hex::encode(&Sha256::digest(&canonical)[..8]);
+        let mut hasher = Sha256::new();
+        hasher.update(serde_json::to_vec(definition).unwrap_or_default());
+        if let Some(version) = version {
+            hasher.update(format!("\nversion {version}"));
+        }
+        let hash = hex::encode(&hasher.finalize()[..8]);
         let mut fields: Vec<Field> = view
             .schema()
             .fields()
@@ -295,9 +321,15 @@ impl MaterializedView {
             rows += view_batch.num_rows();
             flattened.push(view_batch);
         }
+        // delta-rs rejects a write without batches and takes the new schema
+        // from them, so a view without rows writes one empty batch.
+        if flattened.is_empty() {
+            flattened.push(RecordBatch::new_empty(Arc::clone(&self.schema)));
+        }
         table
             .write(flattened)
             .with_save_mode(SaveMode::Overwrite)
+            .with_schema_mode(SchemaMode::Overwrite)
             .with_commit_properties(
                 CommitProperties::default()
                     .with_application_transaction(Transaction::new(&self.app_id, lsn_to_i64(lsn))),
@@ -408,7 +440,7 @@ async fn read_bronze(
         memory_bytes: usize::MAX >> 1,
         ..QueryLimits::default()
     };
-    let ctx = tenant_session(lake, tenant, &limits)
+    let ctx = tenant_session(lake, tenant, &limits, &BTreeSet::new())
         .await
         .map_err(|err| LakehouseError::View(err.to_string()))?;
     let frame = ctx

@@ -2,7 +2,9 @@
 //! base URL for each request, and logs one line per request.
 
 use axum::extract::{FromRequestParts, Path};
+use http::HeaderMap;
 use http::request::Parts;
+use uuid::Uuid;
 
 use super::AppState;
 use crate::context::RequestContext;
@@ -23,6 +25,24 @@ fn header<'a>(parts: &'a Parts, name: &str) -> Option<&'a str> {
         .and_then(|value| value.to_str().ok())
 }
 
+/// Builds the context of a request to `tenant` from its headers: the client
+/// from `X-Client-Id`, the request id from `X-Request-Id` (generated when
+/// missing). Routes outside the FHIR router call this too, so every route
+/// gets its caller from one place.
+pub fn request_context(tenant: &str, headers: &HeaderMap) -> RequestContext {
+    let value = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    // NOTE: no authentication yet; every request runs as `anonymous`.
+    // An authenticating layer sets the user and client here.
+    RequestContext {
+        tenant: tenant.to_owned(),
+        user: "anonymous".to_owned(),
+        client: value("x-client-id").unwrap_or("unknown").to_owned(),
+        request_id: value("x-request-id")
+            .map(str::to_owned)
+            .unwrap_or_else(|| Uuid::new_v4().to_string()),
+    }
+}
+
 impl FromRequestParts<AppState> for Ctx {
     type Rejection = super::render::ErrorResponse;
 
@@ -41,14 +61,7 @@ impl FromRequestParts<AppState> for Ctx {
                     .map(|(_, v)| v)
             })
             .unwrap_or_default();
-        // NOTE: no authentication yet; every request runs as `anonymous`.
-        // An authenticating layer sets the user and client here.
-        let context = RequestContext {
-            tenant: tenant.clone(),
-            user: "anonymous".to_owned(),
-            client: header(parts, "x-client-id").unwrap_or("unknown").to_owned(),
-            request_id: request_id.clone(),
-        };
+        let context = request_context(&tenant, &parts.headers);
         let origin = match &state.config.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => {

@@ -20,7 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::postgres::Database;
 
-pub use context::Ctx;
+pub use context::{Ctx, request_context};
 
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]

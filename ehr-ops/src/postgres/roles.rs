@@ -43,7 +43,7 @@ pub(super) async fn ensure_app_role(
 }
 
 /// Grants the application role what it needs on the current schema: it reads
-/// tenants and reads and writes resources, never DDL.
+/// tenants, reads and writes resources and tenant views, never DDL.
 pub(super) async fn grant_app_role(admin: &PgPool) -> Result<(), DatabaseError> {
     let database: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(admin)
@@ -66,6 +66,10 @@ pub(super) async fn grant_app_role(admin: &PgPool) -> Result<(), DatabaseError> 
         // Proposals are decided, never deleted: rejections are kept for
         // evaluation.
         format!("GRANT SELECT, INSERT, UPDATE ON proposals TO {APP_ROLE}"),
+        // Tenant view versions are kept for good: the application adds
+        // versions and may only mark a view retired.
+        format!("GRANT SELECT, INSERT ON tenant_views TO {APP_ROLE}"),
+        format!("GRANT UPDATE (retired_at, retired_by) ON tenant_views TO {APP_ROLE}"),
     ];
     // Concurrent GRANTs on one object fail with "tuple concurrently updated"
     // when several servers start at once, so they run one at a time under a

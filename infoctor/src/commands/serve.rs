@@ -66,7 +66,8 @@ pub async fn serve_until_signal(
         (Some(handle), Some(metrics))
     };
     let queries = QueryService::new(lake.clone(), services.sql.limits())
-        .context("starting the SQL query runtime")?;
+        .context("starting the SQL query runtime")?
+        .with_tenant_views(db.clone());
     let lakehouse = LakehouseState {
         db: db.clone(),
         lake,

@@ -37,16 +37,24 @@ pub async fn run(settings: &Settings, lake: &LakeArgs, args: SqlArgs) -> anyhow:
     let lakehouse = lake.lakehouse(&settings.data_dir)?;
     let opened = database::open(settings, 2).await?;
     let known = tenants::exists(&opened.db, &args.tenant).await;
-    opened.close().await?;
-    if !known.context("looking up the tenant")? {
-        anyhow::bail!(
+    let result = match known.context("looking up the tenant") {
+        Ok(true) => {
+            let service = QueryService::new(lakehouse, args.limits.limits())
+                .context("starting the SQL query runtime")?
+                .with_tenant_views(opened.db.clone());
+            service
+                .query(&args.tenant, &args.query)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+        Ok(false) => Err(anyhow::anyhow!(
             "tenant '{}' not found; list tenants with `infoctor tenant list`",
             args.tenant
-        );
-    }
-    let service = QueryService::new(lakehouse, args.limits.limits())
-        .context("starting the SQL query runtime")?;
-    let result = service.query(&args.tenant, &args.query).await?;
+        )),
+        Err(err) => Err(err),
+    };
+    opened.close().await?;
+    let result = result?;
     let format = match args.format {
         Format::Table => OutputFormat::Table,
         Format::Csv => OutputFormat::Csv,

@@ -37,6 +37,7 @@ use crate::bronze::{BronzeTable, ChangeRecord, Source, format_lsn};
 use crate::error::LakehouseError;
 use crate::layout::Lakehouse;
 use crate::maintenance::{self, MaintenanceConfig};
+use crate::tenant_views;
 use crate::views::MaterializedView;
 
 pub use decode::{decode_row, parse_timestamptz};
@@ -62,8 +63,12 @@ pub struct CaptureConfig {
     pub snapshot_chunk_rows: usize,
     /// Scheduled compaction, vacuum and checkpoints; `None` disables them.
     pub maintenance: Option<MaintenanceConfig>,
-    /// Keep the built-in SQL on FHIR view tables current.
+    /// Keep the SQL on FHIR view tables current: the built-in views and
+    /// each tenant's live tenant views.
     pub views: bool,
+    /// How often the tenants' views are read from PostgreSQL, so a new
+    /// version or a retirement takes effect within this time.
+    pub tenant_view_refresh: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -77,6 +82,7 @@ impl Default for CaptureConfig {
             snapshot_chunk_rows: 50_000,
             maintenance: Some(MaintenanceConfig::default()),
             views: true,
+            tenant_view_refresh: Duration::from_secs(2),
         }
     }
 }
@@ -297,6 +303,7 @@ impl CaptureWorker {
         stream.start(None).await?;
         tracing::info!(slot = %slot_name, lsn = %format_lsn(stream.current_lsn()), "change capture streaming");
         tables.refresh_known(&self.lake).await;
+        self.refresh_tenant_views(&mut tables).await;
         for tenant in tables.names() {
             self.sync_views(&mut tables, &tenant).await;
         }
@@ -428,6 +435,7 @@ impl CaptureWorker {
             .maintenance
             .as_ref()
             .map(|m| Instant::now() + m.interval);
+        let mut next_view_refresh = Instant::now() + self.config.tenant_view_refresh;
         let mut alarm: Option<Alarm> = None;
 
         loop {
@@ -463,8 +471,19 @@ impl CaptureWorker {
                 tables.reload(&self.lake).await?;
                 next_maintenance = Some(Instant::now() + config.interval);
             }
+            if self.config.views
+                && now >= next_view_refresh
+                && open.is_none()
+                && batch.opened_at.is_none()
+            {
+                self.refresh_tenant_views(tables).await;
+                next_view_refresh = Instant::now() + self.config.tenant_view_refresh;
+            }
 
             let mut wake_at = next_status;
+            if self.config.views {
+                wake_at = wake_at.min(next_view_refresh);
+            }
             if let Some(opened) = batch.opened_at {
                 wake_at = wake_at.min(opened + self.config.batch_max_wait);
             }
@@ -613,10 +632,107 @@ impl CaptureWorker {
         // View tables follow the change log after the slot is confirmed:
         // their own markers make the update safe to repeat, and a worker
         // that stops before it catches up from the change log on start.
+        // The tenant's views are read first, so a view retired or changed
+        // before these changes were committed does not receive them under
+        // its old definition.
         for (tenant, changes, lsn) in applied {
+            if self.config.views {
+                self.refresh_tenant(tables, &tenant).await;
+            }
             self.update_views(tables, &tenant, &changes, lsn).await;
         }
         Ok(())
+    }
+
+    /// Returns the views kept for a tenant: the built-in ones and the
+    /// tenant's live tenant views.
+    fn views_of(&self, tables: &Tables, tenant: &str) -> Vec<MaterializedView> {
+        let mut views = self.views.clone();
+        if let Some(own) = tables.tenant_views.get(tenant) {
+            views.extend(own.values().filter_map(|loaded| loaded.view.clone()));
+        }
+        views
+    }
+
+    /// Reads the live views of every tenant with a change log; the others
+    /// have nothing to materialise yet.
+    async fn refresh_tenant_views(&self, tables: &mut Tables) {
+        if !self.config.views {
+            return;
+        }
+        for tenant in tables.names() {
+            self.refresh_tenant(tables, &tenant).await;
+        }
+    }
+
+    /// Reads a tenant's live views from PostgreSQL. A new view, or a new
+    /// version of one, is compiled and its table brought up to the change
+    /// log, which rebuilds it for a changed definition. A retired view is
+    /// dropped, so its table is no longer updated.
+    async fn refresh_tenant(&self, tables: &mut Tables, tenant: &str) {
+        let tenant = tenant.to_owned();
+        let live = match tenant_views::live_versions(&self.db, &tenant).await {
+            Ok(live) => live,
+            Err(err) => {
+                tracing::warn!(tenant, error = %err, "reading the tenant's views failed; keeping the ones read before");
+                return;
+            }
+        };
+        let known = tables.tenant_views.entry(tenant.clone()).or_default();
+        let retired: Vec<String> = known
+            .keys()
+            .filter(|name| !live.iter().any(|view| &view.name == *name))
+            .cloned()
+            .collect();
+        for name in retired {
+            known.remove(&name);
+            tables.views_in_sync.remove(&(tenant.clone(), name.clone()));
+            tracing::info!(tenant, view = %name, "tenant view retired; its table is no longer updated");
+        }
+        let mut changed = Vec::new();
+        for view in live {
+            if known
+                .get(&view.name)
+                .is_some_and(|loaded| loaded.version == view.version)
+            {
+                continue;
+            }
+            tables
+                .views_in_sync
+                .remove(&(tenant.clone(), view.name.clone()));
+            let compiled = match view.materialized() {
+                Ok(compiled) => {
+                    tracing::info!(tenant, view = %view.name, version = view.version, "tenant view version picked up");
+                    changed.push(compiled.clone());
+                    Some(compiled)
+                }
+                Err(err) => {
+                    tracing::error!(tenant, view = %view.name, version = view.version, error = %err, "tenant view does not compile; its table is not updated");
+                    None
+                }
+            };
+            known.insert(
+                view.name.clone(),
+                LoadedView {
+                    version: view.version,
+                    view: compiled,
+                },
+            );
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let marker = match tables.marker(&self.lake, &tenant).await {
+            Ok(Some(marker)) => marker,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::error!(tenant, error = %err, "reading the change log marker failed");
+                return;
+            }
+        };
+        for view in changed {
+            self.sync_view(tables, &tenant, &view, marker).await;
+        }
     }
 
     /// Updates the view tables of the resource types in `changes`.
@@ -627,7 +743,7 @@ impl CaptureWorker {
         changes: &[ChangeRecord],
         lsn: u64,
     ) {
-        for view in &self.views {
+        for view in &self.views_of(tables, tenant) {
             if !changes
                 .iter()
                 .any(|c| c.resource_type == view.resource_type())
@@ -654,7 +770,7 @@ impl CaptureWorker {
 
     /// Brings every view table of a tenant up to its change log.
     async fn sync_views(&self, tables: &mut Tables, tenant: &str) {
-        if self.views.is_empty() {
+        if !self.config.views {
             return;
         }
         let marker = match tables.marker(&self.lake, tenant).await {
@@ -665,15 +781,26 @@ impl CaptureWorker {
                 return;
             }
         };
-        for view in &self.views {
-            let key = (tenant.to_owned(), view.name().to_owned());
-            match view.sync(&self.lake, tenant, marker).await {
-                Ok(_) => {
-                    tables.views_in_sync.insert(key);
-                }
-                Err(err) => {
-                    tracing::error!(tenant, view = view.name(), error = %err, "view table update failed; it catches up with the next change");
-                }
+        for view in &self.views_of(tables, tenant) {
+            self.sync_view(tables, tenant, view, marker).await;
+        }
+    }
+
+    /// Brings one view table of a tenant up to the change log's marker.
+    async fn sync_view(
+        &self,
+        tables: &mut Tables,
+        tenant: &str,
+        view: &MaterializedView,
+        marker: u64,
+    ) {
+        let key = (tenant.to_owned(), view.name().to_owned());
+        match view.sync(&self.lake, tenant, marker).await {
+            Ok(_) => {
+                tables.views_in_sync.insert(key);
+            }
+            Err(err) => {
+                tracing::error!(tenant, view = view.name(), error = %err, "view table update failed; it catches up with the next change");
             }
         }
     }
@@ -729,6 +856,15 @@ struct Tables {
     /// (tenant, view) pairs whose view table has every change of the
     /// change log up to the last batch.
     views_in_sync: HashSet<(String, String)>,
+    /// The live tenant views of each tenant, by name, as last read.
+    tenant_views: HashMap<String, BTreeMap<String, LoadedView>>,
+}
+
+/// A tenant view version the worker has read.
+struct LoadedView {
+    version: i32,
+    /// The compiled view; `None` when the stored definition does not compile.
+    view: Option<MaterializedView>,
 }
 
 impl Tables {

@@ -14,6 +14,7 @@ use infoctor_ehr_ops::load::{self, LoadOptions, NoProgress};
 use infoctor_ehr_ops::postgres::{Database, DatabaseConfig};
 use infoctor_ehr_ops::tenants;
 use infoctor_lakehouse::Lakehouse;
+use infoctor_lakehouse::api::LakehouseState;
 use infoctor_lakehouse::capture::{CaptureConfig, CaptureWorker};
 use infoctor_lakehouse::sql::{QueryLimits, QueryResult, QueryService};
 use sqlx::Connection;
@@ -170,7 +171,11 @@ impl Env {
     }
 
     pub fn query_service(&self, limits: QueryLimits) -> Arc<QueryService> {
-        Arc::new(QueryService::new(self.lake.clone(), limits).expect("query runtime"))
+        Arc::new(
+            QueryService::new(self.lake.clone(), limits)
+                .expect("query runtime")
+                .with_tenant_views(self.db.clone()),
+        )
     }
 
     /// Counts current (not deleted) resources per type in PostgreSQL.
@@ -213,6 +218,24 @@ impl Env {
     /// Starts the FHIR API on a loopback port and returns its base URL.
     pub async fn serve_fhir(&self) -> String {
         let router = api::router(self.db.clone(), ApiConfig::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        format!("http://{address}")
+    }
+
+    /// Starts the FHIR API and the lakehouse routes on a loopback port, as
+    /// `infoctor serve` merges them, and returns the base URL.
+    pub async fn serve_all(&self) -> String {
+        let state = LakehouseState {
+            db: self.db.clone(),
+            lake: self.lake.clone(),
+            queries: self.query_service(QueryLimits::default()),
+            capture_metrics: None,
+            slot_name: self.slot.clone(),
+        };
+        let router = api::router(self.db.clone(), ApiConfig::default())
+            .merge(infoctor_lakehouse::api::router(state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, router).await });

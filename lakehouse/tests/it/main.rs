@@ -4,3 +4,4 @@
 mod capture;
 mod common;
 mod sql;
+mod views;
