@@ -107,14 +107,24 @@ pub async fn run(settings: &Settings, lake: &LakeArgs, args: DemoArgs) -> anyhow
         if tenants::ensure(&opened.db, TENANT).await.context("creating tenant demo")? {
             println!("created tenant {TENANT}");
         }
-        println!("loading sample patients from {}", args.sample_data.display());
-        let report = load::load_with_bar(&opened.db, TENANT, std::slice::from_ref(&args.sample_data), &LoadOptions::default()).await?;
-        load::print_report(&report);
         let mut services = args.services.clone();
         if services.terminology.is_empty() {
             services.terminology.codings = ndjson_folders(&args.sample_data);
         }
-        propose_for_latest_notes(&opened.db, &services.terminology).await?;
+        // Ctrl-C while preparing stops here, so the cluster is stopped below
+        // instead of being left behind by the default signal action.
+        let prepare = async {
+            println!("loading sample patients from {}", args.sample_data.display());
+            let report = load::load_with_bar(&opened.db, TENANT, std::slice::from_ref(&args.sample_data), &LoadOptions::default()).await?;
+            load::print_report(&report);
+            propose_for_latest_notes(&opened.db, &services.terminology).await
+        };
+        tokio::select! {
+            prepared = prepare => prepared?,
+            _ = tokio::signal::ctrl_c() => {
+                anyhow::bail!("interrupted before the server started; loaded batches are kept, and running the demo again finishes the load");
+            }
+        }
         serve::serve_until_signal(&opened.db, settings, lake, &args.listen, &services, |address| {
             let base = format!("http://{address}/fhir/{TENANT}");
             println!();
