@@ -426,3 +426,95 @@ async fn slot_stays_with_its_lakehouse() {
     assert_exactly_once(&env, "alpha").await;
     env.cleanup().await;
 }
+
+/// Counts a built-in view's rows independently of the lakehouse: the
+/// engine runs over PostgreSQL's current resources.
+async fn store_view_rows(env: &Env, tenant: &str, name: &str) -> i64 {
+    let (_, definition) = infoctor_sql_on_fhir::builtin_views()
+        .into_iter()
+        .find(|(view, _)| *view == name)
+        .unwrap();
+    let compiled = infoctor_sql_on_fhir::CompiledView::compile(&definition).unwrap();
+    infoctor_lakehouse::view_run::run_on_store(
+        &env.db,
+        tenant,
+        &compiled,
+        infoctor_lakehouse::view_run::RunFormat::Ndjson,
+        None,
+        std::io::sink(),
+    )
+    .await
+    .unwrap() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_tables_match_store_on_full_set() {
+    let env = Env::new(&["full"]).await;
+    env.load(
+        "full",
+        &[crate::common::test_data().join("synthea-r4-2019/ndjson")],
+    )
+    .await;
+    let mut config = env.capture_config();
+    config.views = true;
+    let capture = env.start_capture(config);
+    wait_caught_up(&env, "full").await;
+
+    let names: Vec<&str> = infoctor_sql_on_fhir::builtin_views()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(names.len(), 11, "{names:?}");
+    let mut expected = Vec::new();
+    for name in &names {
+        expected.push((*name, store_view_rows(&env, "full", name).await));
+    }
+    assert!(
+        expected.iter().filter(|(_, rows)| *rows > 0).count() >= 10,
+        "the full set fills the views: {expected:?}"
+    );
+    for (name, rows) in &expected {
+        wait_until(CATCH_UP, &format!("the {name} table"), || async {
+            crate::common::try_count(&env, "full", &format!("SELECT count(*) FROM {name}")).await
+                == Some(*rows)
+        })
+        .await;
+    }
+
+    // A change through the API reaches its view table with the next batch.
+    let base = env.serve_fhir().await;
+    let client = reqwest::Client::new();
+    let observation_id: String = sqlx::query_scalar(
+        "SELECT id FROM resources WHERE tenant = 'full' AND resource_type = 'Observation' \
+         AND NOT deleted ORDER BY id LIMIT 1",
+    )
+    .fetch_one(env.db.admin_pool())
+    .await
+    .unwrap();
+    let url = format!("{base}/fhir/full/Observation/{observation_id}");
+    let mut observation = fhir(&client, reqwest::Method::GET, &url, None).await;
+    observation["status"] = json!("amended");
+    fhir(&client, reqwest::Method::PUT, &url, Some(observation)).await;
+    let query = format!(
+        "SELECT count(*) FROM observation WHERE id = '{observation_id}' AND status = 'amended'"
+    );
+    wait_until(CATCH_UP, "the updated observation row", || async {
+        crate::common::try_count(&env, "full", &query)
+            .await
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    let observations = expected
+        .iter()
+        .find(|(name, _)| *name == "observation")
+        .unwrap()
+        .1;
+    assert_eq!(
+        crate::common::try_count(&env, "full", "SELECT count(*) FROM observation").await,
+        Some(observations),
+        "an update replaces the resource's rows"
+    );
+    capture.stop().await;
+    env.cleanup().await;
+}

@@ -356,3 +356,12 @@ pub fn scalar_i64(result: &QueryResult) -> i64 {
     let batch = result.batches.iter().find(|b| b.num_rows() > 0).unwrap();
     batch.column(0).as_primitive::<Int64Type>().value(0)
 }
+
+/// Runs a counting query, or `None` while a table it names does not exist.
+pub async fn try_count(env: &Env, tenant: &str, sql: &str) -> Option<i64> {
+    env.query_service(QueryLimits::default())
+        .query(tenant, sql)
+        .await
+        .ok()
+        .map(|result| scalar_i64(&result))
+}

@@ -8,7 +8,7 @@ use infoctor_lakehouse::sql::{QueryError, QueryLimits};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
-use crate::common::{Env, scalar_i64, wait_until};
+use crate::common::{Env, scalar_i64, try_count, wait_until};
 
 const CATCH_UP: Duration = Duration::from_secs(120);
 
@@ -110,14 +110,6 @@ async fn query_error(env: &Env, tenant: &str, sql: &str) -> Option<QueryError> {
 
 /// Counts the rows of a query, or returns `None` while the query fails (the
 /// table is not there yet).
-async fn try_count(env: &Env, tenant: &str, sql: &str) -> Option<i64> {
-    env.query_service(QueryLimits::default())
-        .query(tenant, sql)
-        .await
-        .ok()
-        .map(|result| scalar_i64(&result))
-}
-
 /// Names of the columns of a lakehouse table.
 async fn column_names(env: &Env, tenant: &str, table: &str) -> Vec<String> {
     let result = env
