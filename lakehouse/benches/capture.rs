@@ -88,11 +88,18 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Duration {
     started.elapsed()
 }
 
-async fn slot_active(db: &Database, slot: &str) -> bool {
-    infoctor_lakehouse::capture::slot::slot_info(db.admin_pool(), slot)
+/// Checks that the slot streams: it exists, a walsender uses it, and its
+/// initial snapshot is committed, so stopping the worker cancels nothing.
+async fn slot_streaming(db: &Database, slot: &str) -> bool {
+    let active = infoctor_lakehouse::capture::slot::slot_info(db.admin_pool(), slot)
         .await
         .expect("slot status")
-        .is_some_and(|s| s.active)
+        .is_some_and(|s| s.active);
+    let copied = infoctor_lakehouse::capture::slot::snapshot_state(db.admin_pool(), slot)
+        .await
+        .expect("snapshot state")
+        .is_some_and(|state| state.completed_at.is_some());
+    active && copied
 }
 
 async fn run() {
@@ -132,7 +139,7 @@ async fn run() {
 
     // 1. Backlog drain.
     let worker = start(&db, &lake, &slot);
-    while !slot_active(&db, &slot).await {
+    while !slot_streaming(&db, &slot).await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     worker.stop().await;

@@ -273,10 +273,11 @@ impl CaptureWorker {
             }
             _ => false,
         };
-        if resume {
-            // A tenant with data but no table lost its table (deleted
-            // folder): only a new snapshot can bring its rows back.
-            for tenant in slot::tenants_with_data(admin).await? {
+        if let (true, Some(state)) = (resume, &state) {
+            // A tenant whose rows the snapshot copied but which has no table
+            // lost it (a deleted folder): only a new snapshot brings its
+            // rows back.
+            for tenant in slot::tenants_with_data_before(admin, state.started_at).await? {
                 if BronzeTable::open(&self.lake, &tenant).await?.is_none() {
                     tracing::warn!(tenant = %tenant, slot = %slot_name, "tenant has data but no bronze table; copying a new snapshot");
                     resume = false;

@@ -184,12 +184,20 @@ pub async fn clear_snapshot_state(admin: &PgPool, slot: &str) -> Result<(), Lake
     Ok(())
 }
 
-/// Returns the tenants that have resource versions in PostgreSQL.
-pub async fn tenants_with_data(admin: &PgPool) -> Result<Vec<String>, LakehouseError> {
+/// Returns the tenants with resource versions written before `before`, the
+/// start of the slot's snapshot: their rows were copied by that snapshot,
+/// so each must have a bronze table. A tenant whose first version came
+/// later gets its table from the change stream.
+pub async fn tenants_with_data_before(
+    admin: &PgPool,
+    before: DateTime<Utc>,
+) -> Result<Vec<String>, LakehouseError> {
     Ok(sqlx::query_scalar(
         "SELECT t.tenant FROM tenants t \
-         WHERE EXISTS (SELECT 1 FROM resource_versions v WHERE v.tenant = t.tenant) ORDER BY 1",
+         WHERE EXISTS (SELECT 1 FROM resource_versions v \
+                       WHERE v.tenant = t.tenant AND v.last_updated < $1) ORDER BY 1",
     )
+    .bind(before)
     .fetch_all(admin)
     .await?)
 }

@@ -518,3 +518,30 @@ async fn view_tables_match_store_on_full_set() {
     capture.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_loaded_while_stopped_streams() {
+    let env = Env::new(&["alpha", "beta"]).await;
+    env.load("alpha", &[sample_data().join("synthea-bulk-10-2024")])
+        .await;
+    let capture = env.start_capture(env.capture_config());
+    wait_caught_up(&env, "alpha").await;
+    capture.stop().await;
+
+    // Beta's first rows come after the snapshot: the change stream carries
+    // them, and no new snapshot is taken.
+    env.load("beta", &[sample_data().join("synthea-r4-2019")])
+        .await;
+    let capture = env.start_capture(env.capture_config());
+    wait_caught_up(&env, "beta").await;
+    capture.stop().await;
+    let sources = pairs(
+        &env.sql("beta", "SELECT source, count(*) FROM bronze GROUP BY 1")
+            .await,
+    );
+    assert_eq!(sources.len(), 1, "{sources:?}");
+    assert_eq!(sources[0].0, "wal");
+    assert_exactly_once(&env, "alpha").await;
+    assert_exactly_once(&env, "beta").await;
+    env.cleanup().await;
+}
