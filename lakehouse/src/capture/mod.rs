@@ -236,7 +236,15 @@ impl CaptureWorker {
         let admin = self.db.admin_pool();
         slot::check_logical_replication(admin).await?;
         let lock = slot::SlotLock::acquire(self.db.admin_url(), &self.config.slot_name).await?;
-        let result = self.run_locked(&shutdown).await;
+        let result = match self.run_locked(&shutdown).await {
+            // The replication client reports a requested stop as a
+            // cancellation; for the worker that is a normal end.
+            Err(LakehouseError::Replication(err)) if shutdown.is_cancelled() => {
+                tracing::info!(slot = %self.config.slot_name, reason = %err, "change capture stopped while replicating");
+                Ok(())
+            }
+            other => other,
+        };
         lock.release().await;
         result
     }
