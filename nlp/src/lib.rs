@@ -13,6 +13,7 @@
 //! | [`extract`](mod@extract) | [`extract()`]: mentions with codes, byte offsets, section and attributes, serialisable as JSON |
 //! | [`propose`] | proposal drafts: affirmed problems, allergies and medications of the patient, grouped by concept |
 //! | [`linking`] | nearest concepts by embedding for phrases with no dictionary match, with an on-disk cache of term embeddings |
+//! | [`evaluate`] | gold labels, precision, recall and F1 of the extractor and a baseline, and their reports |
 //!
 //! Models never load from a network at run time: [`model_files::fetch_minilm`]
 //! is the one step that downloads, and [`Embedder::load`] reads only the
@@ -39,6 +40,7 @@ pub mod context;
 pub mod dictionary;
 pub mod embed;
 pub mod error;
+pub mod evaluate;
 pub mod extract;
 pub mod linking;
 pub mod model_files;

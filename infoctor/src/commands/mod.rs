@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod demo;
+pub mod evaluate;
 pub mod lakehouse;
 pub mod load;
 pub mod nlp;

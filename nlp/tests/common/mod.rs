@@ -35,15 +35,19 @@ pub fn test_data_file(relative: &str) -> PathBuf {
     path
 }
 
-/// Model folder for tests: `INFOCTOR_MODEL_CACHE/all-MiniLM-L6-v2`, else
-/// `nlp/.model-cache/all-MiniLM-L6-v2`. The first test run downloads the
-/// model there; later runs only verify it.
+/// Root of the test model cache: `INFOCTOR_MODEL_CACHE`, else
+/// `nlp/.model-cache`.
+pub fn model_cache_root() -> PathBuf {
+    std::env::var_os("INFOCTOR_MODEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.model-cache")))
+}
+
+/// Model folder for tests: `all-MiniLM-L6-v2` below [`model_cache_root`].
+/// The first test run downloads the model there; later runs only verify it.
 pub fn model_dir() -> PathBuf {
     static FETCH: Mutex<()> = Mutex::new(());
-    let root = std::env::var_os("INFOCTOR_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.model-cache")));
-    let dir = root.join(MINILM_DIR_NAME);
+    let dir = model_cache_root().join(MINILM_DIR_NAME);
     let _guard = FETCH
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
