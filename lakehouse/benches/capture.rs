@@ -238,7 +238,11 @@ async fn run() {
                     .map(|k| {
                         let index = ((round * WRITERS + writer) * BUNDLE_SIZE + k) % bodies.len();
                         let mut body = bodies[index].clone();
+                        // A note naming the writer and round makes every
+                        // update a real change: content equal to the stored
+                        // version writes no version and captures nothing.
                         body["status"] = json!(if round.is_multiple_of(2) { "amended" } else { "final" });
+                        body["note"] = json!([{ "text": format!("benchmark writer {writer} round {round}") }]);
                         json!({
                             "resource": body,
                             "request": { "method": "PUT", "url": format!("Observation/{}", ids[index]) }
