@@ -8,6 +8,8 @@
 //! of the loaded database (a new slot and lakehouse) must reach the same
 //! counts. Also `infoctor view run` and `infoctor view conformance`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -25,27 +27,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sqlx::Connection;
 
+use common::{server_url, with_database};
+
 const TENANT: &str = "faults";
 const MIN_KILLS: usize = 20;
-
-fn server_url() -> String {
-    std::env::var("INFOCTOR_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (head, query) = url
-        .split_once('?')
-        .map_or((url, None), |(h, q)| (h, Some(q)));
-    let scheme_end = head.find("://").map_or(0, |i| i + 3);
-    let base = head[scheme_end..]
-        .find('/')
-        .map_or(head, |slash| &head[..scheme_end + slash]);
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    }
-}
 
 fn test_data() -> PathBuf {
     let dir = std::env::var_os("INFOCTOR_TEST_DATA")

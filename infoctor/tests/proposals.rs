@@ -3,6 +3,8 @@
 //! an unaccepted proposal reaches neither FHIR search nor the change log that
 //! feeds the lakehouse.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,27 +17,10 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
+use common::{server_url, with_database};
+
 const NOTE: &str = "HPI: Patient denies chest pain. Rule out pneumonia. Mother had breast cancer.\n\
 Assessment: Viral sinusitis. Essential hypertension. Start acetaminophen 325 MG Oral Tablet.\n";
-
-fn server_url() -> String {
-    std::env::var("INFOCTOR_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (head, query) = url
-        .split_once('?')
-        .map_or((url, None), |(h, q)| (h, Some(q)));
-    let scheme_end = head.find("://").map_or(0, |i| i + 3);
-    let base = head[scheme_end..]
-        .find('/')
-        .map_or(head, |slash| &head[..scheme_end + slash]);
-    match query {
-        Some(query) => format!("{base}/{name}?{query}"),
-        None => format!("{base}/{name}"),
-    }
-}
 
 fn icd10cm_dir() -> PathBuf {
     let data = std::env::var_os("INFOCTOR_TEST_DATA")
@@ -322,7 +307,7 @@ async fn notes_become_reviewable_proposals() {
     assert_eq!(again["created"], 0, "{again}");
     assert_eq!(again["unchanged"], 3, "{again}");
 
-    // Another tenant sees none of it.
+    // Another tenant can read none of it.
     let other = format!("{}/review/other/proposals", app.base);
     let sinusitis_id = sinusitis["id"].as_str().unwrap().to_owned();
     assert_eq!(total(&client, other.clone()).await, 0);

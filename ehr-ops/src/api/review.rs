@@ -1,6 +1,6 @@
 //! Review of proposals drawn from notes, under `/review/{tenant}/proposals`.
 //!
-//! Proposals are not FHIR resources, so these routes answer plain JSON; errors
+//! Proposals are not FHIR resources, so these routes return plain JSON; errors
 //! are OperationOutcomes like every other error of the API.
 //!
 //! | method and path | action |
@@ -94,18 +94,7 @@ pub fn respond<T: Serialize>(
 
 /// Reads an optional JSON object body; an empty body reads as `{}`.
 pub fn object_body(state: &AppState, body: Result<Bytes, BytesRejection>) -> FhirResult<Value> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            FhirError::PayloadTooLarge {
-                limit_bytes: state.config.max_body_bytes,
-            }
-        } else {
-            FhirError::invalid(
-                format!("could not read the request body: {rejection}"),
-                None,
-            )
-        }
-    })?;
+    let bytes = super::routes::body_bytes(state, body)?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }

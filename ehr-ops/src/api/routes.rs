@@ -163,6 +163,26 @@ fn expected_media(patch: bool) -> &'static str {
     }
 }
 
+/// Takes the body bytes, mapping a body over the size limit to 413 and other
+/// read failures to 400.
+pub(super) fn body_bytes(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> FhirResult<Bytes> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            FhirError::PayloadTooLarge {
+                limit_bytes: state.config.max_body_bytes,
+            }
+        } else {
+            FhirError::invalid(
+                format!("could not read the request body: {rejection}"),
+                None,
+            )
+        }
+    })
+}
+
 /// Reads a JSON body, mapping size and media-type failures to FHIR errors.
 fn json_body(
     state: &AppState,
@@ -197,18 +217,7 @@ fn json_body(
             expected: expected_media(patch),
         });
     }
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            FhirError::PayloadTooLarge {
-                limit_bytes: state.config.max_body_bytes,
-            }
-        } else {
-            FhirError::invalid(
-                format!("could not read the request body: {rejection}"),
-                None,
-            )
-        }
-    })?;
+    let bytes = body_bytes(state, body)?;
     if bytes.is_empty() {
         return Err(FhirError::invalid(
             "the request body is empty; send a FHIR resource as JSON",
