@@ -3,7 +3,7 @@
 //! A proposal names a problem, an allergy or a medication that a model found
 //! in a note, with the words that support it. It is stored in the
 //! `proposals` table, apart from the FHIR resources, so no search, history,
-//! `$everything`, change capture or lakehouse table sees it. A clinician
+//! `$everything`, change capture or lakehouse table reads it. A clinician
 //! lists proposals, accepts one (optionally editing its code, clinical status
 //! or note), which writes a Condition (category `problem-list-item`),
 //! AllergyIntolerance or MedicationStatement and a Provenance pointing at the
@@ -448,7 +448,7 @@ async fn is_pending_elsewhere(
     .await?)
 }
 
-/// Checks whether the patient's record holds a live resource of the kind
+/// Checks whether the patient's record contains a live resource of the kind
 /// with this code, using the search indexes.
 async fn is_recorded(
     conn: &mut PgConnection,

@@ -124,7 +124,7 @@ impl NoteExtractor {
     }
 }
 
-/// What `$extract` and `nlp propose` report for one note.
+/// Report of `$extract` and `nlp propose` for one note.
 #[derive(Debug, Serialize)]
 pub struct NoteReport {
     /// `DocumentReference/{id}/_history/{version}`.
@@ -263,7 +263,7 @@ fn draw_drafts(
 }
 
 /// The `$extract` route, to merge into the FHIR router. Without a loaded
-/// extractor the route answers 501 with what to configure.
+/// extractor the route returns 501 with what to configure.
 pub fn routes(extractor: Option<Arc<NoteExtractor>>) -> Router<AppState> {
     Router::new()
         .route(

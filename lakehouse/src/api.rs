@@ -90,9 +90,9 @@ fn request_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-/// Picks the output format from an Accept header, honouring q-values: the
-/// supported media type with the highest q wins, ties going to the one
-/// listed first; `*/*` or nothing supported means JSON.
+/// Picks the output format from an Accept header, honouring q-values. The
+/// supported media type with the highest q wins, and a tie goes to the one
+/// listed first. `*/*` or no supported type means JSON.
 fn format_from_accept(accept: &str) -> OutputFormat {
     let mut best: Option<(f32, OutputFormat)> = None;
     for item in accept.split(',') {
@@ -116,7 +116,7 @@ fn format_from_accept(accept: &str) -> OutputFormat {
     best.map_or(OutputFormat::Json, |(_, format)| format)
 }
 
-/// Reads the request body, answering an oversized one with a JSON error.
+/// Reads the request body, turning an oversized one into a JSON error.
 // The error is the finished response, which handlers return as is.
 #[allow(clippy::result_large_err)]
 fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {

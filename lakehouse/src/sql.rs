@@ -196,7 +196,7 @@ impl QueryService {
     /// that the tenant exists.
     ///
     /// The time limit covers the wait for a free query slot and is enforced
-    /// here, on the caller's runtime, so the answer comes in time even when
+    /// here, on the caller's runtime, so the caller gets its result or the timeout in time even when
     /// the query threads are busy. A query slot is released only when its
     /// work has stopped: DataFusion stops at its next yield point after the
     /// query is dropped.

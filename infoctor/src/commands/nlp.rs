@@ -41,7 +41,7 @@ pub enum NlpCommand {
     },
     /// Extract concepts from a tenant's notes (DocumentReferences with
     /// inline text) and store problems, allergies and medications as
-    /// proposals for review; the clinical record is not changed.
+    /// proposals for review. The clinical record is not changed.
     Propose(ProposeArgs),
 }
 
