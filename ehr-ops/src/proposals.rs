@@ -213,6 +213,8 @@ pub struct ListFilter {
     pub note_version: Option<i64>,
     /// At most this many, newest first.
     pub limit: i64,
+    /// Only proposals listed after this one: its creation time and id.
+    pub after: Option<(DateTime<Utc>, Uuid)>,
 }
 
 /// Clinician's changes made while accepting.
@@ -570,9 +572,49 @@ pub fn reject_nul(field: &str, value: &str) -> FhirResult<()> {
     Ok(())
 }
 
+/// Where the next page of a proposal list starts: the creation time and id
+/// of the last proposal listed.
+pub type ListCursor = (DateTime<Utc>, Uuid);
+
 /// Lists proposals, newest first.
 pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> FhirResult<Vec<Proposal>> {
-    let rows: Vec<ProposalRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    list_rows(conn, filter)
+        .await?
+        .into_iter()
+        .map(proposal_from_row)
+        .collect()
+}
+
+/// Lists one page of proposals, newest first, and the cursor of the next
+/// page when more match.
+pub async fn list_page(
+    conn: &mut PgConnection,
+    filter: &ListFilter,
+) -> FhirResult<(Vec<Proposal>, Option<ListCursor>)> {
+    let limit = filter.limit.max(0);
+    let mut rows = list_rows(
+        conn,
+        &ListFilter {
+            limit: limit.saturating_add(1),
+            ..filter.clone()
+        },
+    )
+    .await?;
+    let next = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|row| (row.created_at, row.id))
+    } else {
+        None
+    };
+    let proposals = rows
+        .into_iter()
+        .map(proposal_from_row)
+        .collect::<FhirResult<Vec<_>>>()?;
+    Ok((proposals, next))
+}
+
+async fn list_rows(conn: &mut PgConnection, filter: &ListFilter) -> FhirResult<Vec<ProposalRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {PROPOSAL_COLUMNS} FROM proposals \
          WHERE tenant = current_setting('infoctor.tenant') \
            AND ($1::text IS NULL OR patient_id = $1) \
@@ -580,7 +622,8 @@ pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> FhirResult<Ve
            AND ($3::text IS NULL OR kind = $3) \
            AND ($4::text IS NULL OR note_id = $4) \
            AND ($5::bigint IS NULL OR note_version = $5) \
-         ORDER BY created_at DESC, id LIMIT $6"
+           AND ($7::timestamptz IS NULL OR (created_at, id) < ($7, $8)) \
+         ORDER BY created_at DESC, id DESC LIMIT $6"
     )))
     .bind(&filter.patient)
     .bind(filter.status.map(ProposalStatus::as_str))
@@ -588,9 +631,10 @@ pub async fn list(conn: &mut PgConnection, filter: &ListFilter) -> FhirResult<Ve
     .bind(&filter.note)
     .bind(filter.note_version)
     .bind(filter.limit.max(0))
+    .bind(filter.after.map(|(created, _)| created))
+    .bind(filter.after.map(|(_, id)| id))
     .fetch_all(&mut *conn)
-    .await?;
-    rows.into_iter().map(proposal_from_row).collect()
+    .await?)
 }
 
 /// Counts the proposals that match a filter, ignoring its limit.

@@ -589,12 +589,33 @@ impl Validator<'_> {
         }
         let pattern = self.model.type_at(type_index).pattern.as_ref();
         let matches = || pattern.is_none_or(|pattern| pattern.is_match(text));
-        let expected = match primitive {
-            Primitive::String | Primitive::Markdown => {
-                (!has_forbidden_control(text)).then_some(()).ok_or(
-                    "text without control characters other than tab, carriage return and line feed",
+        // Every primitive is a string underneath, and the rule on control
+        // characters holds for all of them (codes and ids included).
+        let expected = if has_forbidden_control(text) {
+            Err("text without control characters other than tab, carriage return and line feed")
+        } else {
+            self.primitive_syntax(text, primitive, &matches)
+        };
+        if let Err(expected) = expected {
+            let name = primitive_name(primitive);
+            self.issue(IssueType::Value, |path| {
+                format!(
+                    "invalid {name} '{}' at {path}: expected {expected}",
+                    shorten(text)
                 )
-            }
+            });
+        }
+    }
+
+    /// Checks the lexical form of a primitive other than its control
+    /// characters.
+    fn primitive_syntax(
+        &self,
+        text: &str,
+        primitive: Primitive,
+        matches: &dyn Fn() -> bool,
+    ) -> Result<(), &'static str> {
+        match primitive {
             Primitive::Uri | Primitive::Url | Primitive::Canonical => {
                 (!text.chars().any(char::is_whitespace)).then_some(()).ok_or("a URI without whitespace")
             }
@@ -621,15 +642,6 @@ impl Validator<'_> {
                 .then_some(())
                 .ok_or("urn:uuid: followed by a lowercase UUID"),
             _ => Ok(()),
-        };
-        if let Err(expected) = expected {
-            let name = primitive_name(primitive);
-            self.issue(IssueType::Value, |path| {
-                format!(
-                    "invalid {name} '{}' at {path}: expected {expected}",
-                    shorten(text)
-                )
-            });
         }
     }
 
@@ -740,9 +752,30 @@ fn describe(value: &Value) -> String {
 
 /// Cuts long values to 80 characters for messages.
 fn shorten(text: &str) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(80) {
-        Some((end, _)) => format!("{}...", &text[..end]).into(),
-        None => text.into(),
+    let cut = match text.char_indices().nth(80) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    };
+    // Control characters are shown escaped so a message never carries them
+    // into a log line or a terminal.
+    let shown: std::borrow::Cow<'_, str> = if cut.chars().any(char::is_control) {
+        cut.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        cut.into()
+    };
+    if cut.len() < text.len() {
+        format!("{shown}...").into()
+    } else {
+        shown
     }
 }
 
@@ -889,6 +922,17 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_are_shown_escaped() {
+        let message = assert_single_issue(
+            json!({"resourceType": "Patient", "gender": "fe\u{1b}[2Jmale"}),
+            IssueType::Value,
+            "Patient.gender",
+        );
+        assert!(!message.contains('\u{1b}'), "{message}");
+        assert!(message.contains("fe\\u{1b}[2Jmale"), "{message}");
+    }
+
+    #[test]
     fn table_of_invalid_resources() {
         let cases: Vec<(&str, Value, IssueType, &str)> = vec![
             (
@@ -908,6 +952,18 @@ mod tests {
                 json!({"resourceType": "Patient", "birthDate": "2020-13-45"}),
                 IssueType::Value,
                 "Patient.birthDate",
+            ),
+            (
+                "control character in a code",
+                json!({"resourceType": "Patient", "gender": "fe\u{1}male"}),
+                IssueType::Value,
+                "Patient.gender",
+            ),
+            (
+                "control character in an id",
+                json!({"resourceType": "Patient", "id": "p\u{7}-1"}),
+                IssueType::Value,
+                "Patient.id",
             ),
             (
                 "nonexistent day",

@@ -14,7 +14,7 @@ use axum::routing::post;
 use axum::{Extension, Router};
 use http::StatusCode;
 use infoctor_ehr_ops::api::review::{begin, respond};
-use infoctor_ehr_ops::api::{AppState, Ctx};
+use infoctor_ehr_ops::api::{AppState, Ctx, OperationCapability};
 use infoctor_ehr_ops::error::{FhirError, FhirResult};
 use infoctor_ehr_ops::interactions::Call;
 use infoctor_ehr_ops::proposals::{
@@ -57,6 +57,17 @@ impl TerminologyArgs {
     pub fn is_empty(&self) -> bool {
         self.icd10cm.is_none() && self.codings.is_empty()
     }
+
+    /// Fails with what to give when no terminology is configured.
+    pub fn require(&self) -> anyhow::Result<()> {
+        if self.is_empty() {
+            anyhow::bail!(
+                "no terminology to match: give --icd10cm DIR (the ICD-10-CM tables) and/or \
+                 --codings DIR (FHIR NDJSON files whose codings to match)"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A loaded dictionary and the model description stored with proposals.
@@ -66,14 +77,14 @@ pub struct NoteExtractor {
 }
 
 impl NoteExtractor {
+    /// Returns the dictionary notes are matched against.
+    pub fn dictionary(&self) -> &Dictionary {
+        &self.dictionary
+    }
+
     /// Loads the configured terminology.
     pub fn load(args: &TerminologyArgs) -> anyhow::Result<NoteExtractor> {
-        if args.is_empty() {
-            anyhow::bail!(
-                "no terminology to match: give --icd10cm DIR (the ICD-10-CM tables) and/or \
-                 --codings DIR (FHIR NDJSON files whose codings to match)"
-            );
-        }
+        args.require()?;
         let started = Instant::now();
         let mut dictionary = Dictionary::new();
         let mut sources = Vec::new();
@@ -260,6 +271,21 @@ fn draw_drafts(
         draft.attributes["mentions"] = serde_json::json!(total);
     }
     (mentions, skipped, merged)
+}
+
+/// The `$extract` operation as the CapabilityStatement lists it when the
+/// server runs with a terminology.
+pub fn extract_capability() -> OperationCapability {
+    OperationCapability {
+        resource_type: "DocumentReference".to_owned(),
+        name: "extract".to_owned(),
+        definition: "urn:infoctor:OperationDefinition:DocumentReference-extract".to_owned(),
+        documentation: "POST with no body to [base]/DocumentReference/[id]/$extract. Finds the \
+                        problems, allergies and medications the note states as the patient's own \
+                        and stores them as proposals for review under /review/[tenant]/proposals; \
+                        nothing enters the record until a reviewer accepts a proposal."
+            .to_owned(),
+    }
 }
 
 /// The `$extract` route, to merge into the FHIR router. Without a loaded

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -177,6 +178,17 @@ async fn notes_become_reviewable_proposals() {
     let fhir = format!("{}/fhir/clinic", app.base);
     let review = format!("{}/review/clinic/proposals", app.base);
     let client = reqwest::Client::new();
+
+    // The CapabilityStatement lists $extract on DocumentReference.
+    let (status, statement) = send(client.get(format!("{fhir}/metadata"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let document_reference = statement["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["type"] == "DocumentReference")
+        .unwrap();
+    assert_eq!(document_reference["operation"][0]["name"], "extract");
 
     // A new patient with no record, and a note about them.
     let (status, patient) = send(client.post(format!("{fhir}/Patient")).json(&json!({
@@ -477,6 +489,26 @@ async fn notes_become_reviewable_proposals() {
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["total"], 4, "{page}");
     assert_eq!(page["proposals"].as_array().unwrap().len(), 1, "{page}");
+    // Following `next` walks every match once, newest first.
+    let mut seen = vec![page["proposals"][0]["id"].as_str().unwrap().to_owned()];
+    let mut next = page["next"].as_str().map(str::to_owned);
+    while let Some(link) = next {
+        let (status, page) = send(client.get(&link)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert_eq!(page["total"], 4, "{page}");
+        seen.push(page["proposals"][0]["id"].as_str().unwrap().to_owned());
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "a page repeated a proposal");
+    let (status, outcome) = send(client.delete(&review)).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{outcome}");
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{outcome}");
+    let (status, outcome) = send(client.get(format!("{review}?_cursor=yesterday"))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{outcome}");
+    assert!(outcome.to_string().contains("_cursor"), "{outcome}");
     let by_version = format!("{review}?note=DocumentReference/{note_id}/_history/2");
     assert_eq!(total(&client, by_version).await, 1);
     for query in ["status=pending&status=rejected", "patient=%00"] {
@@ -569,4 +601,104 @@ async fn notes_become_reviewable_proposals() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not found"));
     db.close().await;
+}
+
+#[test]
+fn nlp_extract_reads_stdin_and_folders() {
+    // A second codings folder with concepts the sample lacks.
+    let extra = tempfile::tempdir().unwrap();
+    let conditions: Vec<String> = [
+        ("3135009", "Otitis externa"),
+        ("29857009", "Chest pain"),
+        ("233604007", "Pneumonia"),
+    ]
+    .iter()
+    .map(|(code, display)| {
+        json!({
+            "resourceType": "Condition", "id": code,
+            "code": {"coding": [{
+                "system": "http://snomed.info/sct", "code": code, "display": display
+            }]},
+            "subject": {"reference": "Patient/p1"}
+        })
+        .to_string()
+    })
+    .collect();
+    std::fs::write(extra.path().join("Condition.ndjson"), conditions.join("\n")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+        .args(["nlp", "extract", "-", "--codings"])
+        .arg(sample_dir())
+        .arg("--codings")
+        .arg(extra.path())
+        .env("INFOCTOR_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Denies chest pain. Suspected pneumonia.\rASSESSMENT: Otitis externa.")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mentions: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let find = |text: &str| {
+        mentions
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|mention| mention["text"].as_str().unwrap().eq_ignore_ascii_case(text))
+            .unwrap_or_else(|| panic!("no mention {text:?} in {mentions:#}"))
+            .clone()
+    };
+    assert_eq!(find("chest pain")["negated"], true);
+    assert_eq!(find("pneumonia")["uncertain"], true);
+    assert_eq!(find("Otitis externa")["concepts"][0]["code"], "3135009");
+
+    // A folder with no NDJSON is an error that names it, not an empty
+    // dictionary.
+    let empty = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+        .args(["nlp", "extract", "-", "--codings"])
+        .arg(empty.path())
+        .env("INFOCTOR_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(".ndjson"), "{stderr}");
+    assert!(
+        stderr.contains(&empty.path().display().to_string()),
+        "{stderr}"
+    );
+
+    // A reader that closes the pipe early ends the command quietly.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+        .args(["nlp", "extract", "-", "--codings"])
+        .arg(sample_dir())
+        .env("INFOCTOR_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("Chest pain. ".repeat(2_000).as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -11,9 +11,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::bert::Encoder;
 use crate::error::{NlpError, Result};
 use crate::model_files::{ModelManifest, verify_minilm};
 
@@ -34,7 +35,7 @@ const MAX_BATCH_TOKENS: usize = 8_192;
 
 /// all-MiniLM-L6-v2 loaded from a verified model folder.
 pub struct Embedder {
-    model: BertModel,
+    model: Encoder,
     tokenizer: Tokenizer,
     pad_id: u32,
     device: Device,
@@ -74,7 +75,7 @@ impl Embedder {
         let weights = std::fs::read(&weights_path)
             .map_err(|source| NlpError::io("reading", &weights_path, source))?;
         let variables = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
-        let model = BertModel::load(variables, &config)?;
+        let model = Encoder::load(variables, &config)?;
         tracing::debug!(dir = %dir.display(), "embedding model loaded");
 
         Ok(Embedder {
@@ -160,9 +161,8 @@ impl Embedder {
         }
 
         let ids = Tensor::from_vec(ids, (rows, length), &self.device)?;
-        let token_types = ids.zeros_like()?;
         let mask = Tensor::from_vec(mask, (rows, length), &self.device)?;
-        let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+        let hidden = self.model.forward(&ids, &mask)?;
 
         // Mean over real tokens: padding positions have mask 0.
         let weights = mask.to_dtype(DType::F32)?.unsqueeze(2)?;

@@ -81,6 +81,12 @@ pub enum NlpError {
         message: String,
     },
 
+    #[error("no {expected} in {dir}; give the folder that holds them")]
+    NoTerminologyFiles {
+        dir: PathBuf,
+        expected: &'static str,
+    },
+
     #[error("invalid embedding cache {path}: {message}; delete it to have it rebuilt")]
     InvalidEmbeddingCache { path: PathBuf, message: String },
 

@@ -88,6 +88,14 @@ pub(crate) fn extract_with_candidates(
     dictionary: &Dictionary,
     collect_candidates: bool,
 ) -> (Vec<Mention>, Vec<Mention>) {
+    let normalized;
+    let note = match lone_carriage_returns_as_line_feeds(note) {
+        Some(text) => {
+            normalized = text;
+            normalized.as_str()
+        }
+        None => note,
+    };
     let mut mentions = Vec::new();
     let mut candidates = Vec::new();
     for section in detect_sections(note) {
@@ -109,6 +117,23 @@ pub(crate) fn extract_with_candidates(
         }
     }
     (mentions, candidates)
+}
+
+/// Some systems end lines with a lone carriage return. Replacing each one
+/// with a line feed lets sections and sentences see the lines, and keeps
+/// every byte offset, since both are one byte. Returns `None` when the text
+/// has no lone carriage return.
+fn lone_carriage_returns_as_line_feeds(note: &str) -> Option<String> {
+    let bytes = note.as_bytes();
+    let lone = |at: usize| bytes[at] == b'\r' && bytes.get(at + 1) != Some(&b'\n');
+    if !(0..bytes.len()).any(lone) {
+        return None;
+    }
+    let replaced: Vec<u8> = (0..bytes.len())
+        .map(|at| if lone(at) { b'\n' } else { bytes[at] })
+        .collect();
+    // Only ASCII bytes changed, so the text is still UTF-8.
+    String::from_utf8(replaced).ok()
 }
 
 /// A sentence split into words, with its dictionary matches and the

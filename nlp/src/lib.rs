@@ -36,6 +36,7 @@
 /// Version of this crate, recorded with every proposal it draws.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+mod bert;
 pub mod context;
 pub mod dictionary;
 pub mod embed;

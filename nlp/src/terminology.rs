@@ -97,10 +97,9 @@ pub fn load_icd10cm(codes: &Path, notes: Option<&Path>) -> Result<Vec<Dictionary
 /// Finds `icd10cm_codes_*.tsv[.gz]` and `icd10cm_notes_*.tsv[.gz]` in a
 /// folder and loads them with [`load_icd10cm`]. The notes file is optional.
 pub fn load_icd10cm_dir(dir: &Path) -> Result<Vec<DictionaryEntry>> {
-    let codes = find_file(dir, "icd10cm_codes_")?.ok_or_else(|| NlpError::InvalidTerminology {
-        path: dir.to_path_buf(),
-        line: 0,
-        message: "no icd10cm_codes_*.tsv or .tsv.gz file in this folder".to_string(),
+    let codes = find_file(dir, "icd10cm_codes_")?.ok_or_else(|| NlpError::NoTerminologyFiles {
+        dir: dir.to_path_buf(),
+        expected: "icd10cm_codes_*.tsv or .tsv.gz file",
     })?;
     let notes = find_file(dir, "icd10cm_notes_")?;
     load_icd10cm(&codes, notes.as_deref())
@@ -229,6 +228,12 @@ pub fn harvest_fhir_codings(dir: &Path, systems: &[&str]) -> Result<Vec<Dictiona
         if name.ends_with(".ndjson") || name.ends_with(".ndjson.gz") {
             paths.push(item.path());
         }
+    }
+    if paths.is_empty() {
+        return Err(NlpError::NoTerminologyFiles {
+            dir: dir.to_path_buf(),
+            expected: ".ndjson or .ndjson.gz files (a FHIR Bulk Data export)",
+        });
     }
     paths.sort();
     let mut harvest = CodingHarvest::new();

@@ -174,6 +174,19 @@ fn sections_set_attributes() {
 }
 
 #[test]
+fn carriage_return_line_ends_separate_sections() {
+    let note = "FAMILY HISTORY: Hypertension.\rASSESSMENT: Pneumonia.\rPLAN: Suspected asthma.";
+    let mentions = extract(note, &DICTIONARY);
+    let hypertension = mention(note, &mentions, "Hypertension");
+    assert_eq!(hypertension.experiencer, Experiencer::Other);
+    let pneumonia = mention(note, &mentions, "Pneumonia");
+    assert_eq!(pneumonia.section, SectionKind::Assessment);
+    assert_eq!(pneumonia.experiencer, Experiencer::Patient);
+    assert_eq!(pneumonia.start, note.find("Pneumonia").unwrap());
+    assert!(mention(note, &mentions, "asthma").uncertain);
+}
+
+#[test]
 fn offsets_are_bytes_into_unicode_text() {
     let note = "Température 38,9 °C — patiënt has Sézary disease and no asthma.";
     let mentions = extract(note, &DICTIONARY);

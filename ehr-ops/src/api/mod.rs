@@ -20,6 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::postgres::Database;
 
+pub use crate::interactions::capabilities::OperationCapability;
 pub use context::{Ctx, request_context};
 
 /// Settings of the HTTP API.
@@ -32,6 +33,9 @@ pub struct ApiConfig {
     pub public_url: Option<String>,
     /// Time limit for one request.
     pub request_timeout: Duration,
+    /// Operations that routes merged through [`router_with`] serve, listed
+    /// in the CapabilityStatement.
+    pub operations: Vec<OperationCapability>,
 }
 
 impl Default for ApiConfig {
@@ -40,6 +44,7 @@ impl Default for ApiConfig {
             max_body_bytes: 32 * 1024 * 1024,
             public_url: None,
             request_timeout: Duration::from_secs(120),
+            operations: Vec::new(),
         }
     }
 }
@@ -71,6 +76,10 @@ pub fn router_with(db: Database, config: ApiConfig, extra: Router<AppState>) -> 
     routes::routes()
         .merge(review::routes())
         .merge(extra)
+        // After the merges, so that every route answers an unknown path or
+        // method with an OperationOutcome.
+        .fallback(routes::no_route)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TimeoutLayer::with_status_code(

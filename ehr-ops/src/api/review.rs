@@ -5,7 +5,7 @@
 //!
 //! | method and path | action |
 //! |---|---|
-//! | `GET /review/{tenant}/proposals?patient=&status=&kind=&note=&_count=` | list, newest first |
+//! | `GET /review/{tenant}/proposals?patient=&status=&kind=&note=&_count=&_cursor=` | list, newest first; `next` links the following page |
 //! | `GET /review/{tenant}/proposals/{id}` | read one |
 //! | `POST /review/{tenant}/proposals/{id}/accept` | accept, optionally with `{"code", "clinicalStatus", "note"}` |
 //! | `POST /review/{tenant}/proposals/{id}/reject` | reject with `{"reason": "..."}` |
@@ -27,7 +27,7 @@ use super::context::Ctx;
 use super::render::ErrorResponse;
 use crate::error::{FhirError, FhirResult};
 use crate::interactions;
-use crate::proposals::{self, Acceptance, ListFilter, ProposalKind, ProposalStatus};
+use crate::proposals::{self, Acceptance, ListCursor, ListFilter, ProposalKind, ProposalStatus};
 
 /// Default and largest page of a proposal list.
 const DEFAULT_COUNT: i64 = 100;
@@ -167,6 +167,9 @@ fn parse_filter(query: Option<&str>) -> FhirResult<ListFilter> {
                 filter.note = Some(id.to_owned());
                 filter.note_version = version;
             }
+            "_cursor" => {
+                filter.after = Some(parse_cursor(&value)?);
+            }
             "_count" => {
                 filter.limit = value
                     .parse::<i64>()
@@ -182,7 +185,7 @@ fn parse_filter(query: Option<&str>) -> FhirResult<ListFilter> {
             other => {
                 return Err(FhirError::invalid(
                     format!(
-                        "unknown parameter '{other}'; use patient, status, kind, note or _count"
+                        "unknown parameter '{other}'; use patient, status, kind, note, _count or _cursor"
                     ),
                     Some(other),
                 ));
@@ -192,20 +195,65 @@ fn parse_filter(query: Option<&str>) -> FhirResult<ListFilter> {
     Ok(filter)
 }
 
+/// Writes a list cursor as `{microseconds since 1970}.{id}`.
+fn format_cursor((created, id): ListCursor) -> String {
+    format!("{}.{}", created.timestamp_micros(), id.simple())
+}
+
+fn parse_cursor(text: &str) -> FhirResult<ListCursor> {
+    let invalid = || {
+        FhirError::invalid(
+            format!(
+                "invalid _cursor '{text}'; use the next link of a previous page, or leave \
+                 _cursor out to start from the newest proposal"
+            ),
+            Some("_cursor"),
+        )
+    };
+    let (micros, id) = text.split_once('.').ok_or_else(invalid)?;
+    let created = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .ok_or_else(invalid)?;
+    let id = uuid::Uuid::parse_str(id).map_err(|_| invalid())?;
+    Ok((created, id))
+}
+
+/// The link to the page after `cursor`: the same query with the new cursor.
+fn next_link(ctx: &Ctx, query: Option<&str>, cursor: ListCursor) -> String {
+    let origin = ctx
+        .call
+        .base
+        .strip_suffix(&format!("/fhir/{}", ctx.call.context.tenant))
+        .unwrap_or(&ctx.call.base);
+    let mut serializer = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in interactions::query_pairs(query) {
+        if name != "_cursor" {
+            serializer.append_pair(&name, &value);
+        }
+    }
+    serializer.append_pair("_cursor", &format_cursor(cursor));
+    format!(
+        "{origin}/review/{}/proposals?{}",
+        ctx.call.context.tenant,
+        serializer.finish()
+    )
+}
+
 async fn list(State(state): State<AppState>, ctx: Ctx, RawQuery(query): RawQuery) -> Response {
     let started = Instant::now();
     let result = async {
         let filter = parse_filter(query.as_deref())?;
         let mut tx = begin(&state, &ctx).await?;
         let total = proposals::count(&mut tx, &filter).await?;
-        let proposals = proposals::list(&mut tx, &filter).await?;
+        let (proposals, next) = proposals::list_page(&mut tx, &filter).await?;
         tx.commit().await?;
-        // NOTE: a list longer than _count (at most 1,000) has no next page
-        // yet; narrow it with the filters.
-        Ok((
-            StatusCode::OK,
-            json!({ "total": total, "proposals": proposals }),
-        ))
+        let mut body = json!({ "total": total, "proposals": proposals });
+        if let Some(cursor) = next {
+            body["next"] = json!(next_link(&ctx, query.as_deref(), cursor));
+        }
+        Ok((StatusCode::OK, body))
     }
     .await;
     respond(&ctx, "GET", "proposal-list", started, result)

@@ -57,8 +57,6 @@ pub(super) fn routes() -> Router<AppState> {
             "/fhir/{tenant}/{resource_type}/{id}/{operation}",
             get(instance_operation),
         )
-        .fallback(no_route)
-        .method_not_allowed_fallback(method_not_allowed)
 }
 
 /// Returns 200 when the database responds, 503 otherwise.
@@ -73,7 +71,7 @@ async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// Returns a FHIR 404 for unknown paths.
-async fn no_route(method: Method, uri: http::Uri) -> Response {
+pub(super) async fn no_route(method: Method, uri: http::Uri) -> Response {
     ErrorResponse {
         error: FhirError::NoRoute(format!(
             "no route for {method} {}; FHIR endpoints live under /fhir/{{tenant}}/",
@@ -85,7 +83,7 @@ async fn no_route(method: Method, uri: http::Uri) -> Response {
 }
 
 /// Returns a FHIR 405 for a method the route does not support.
-async fn method_not_allowed(method: Method, uri: http::Uri) -> Response {
+pub(super) async fn method_not_allowed(method: Method, uri: http::Uri) -> Response {
     let outcome =
         infoctor_fhir::outcome::operation_outcome(&[infoctor_fhir::outcome::Issue::error(
             "not-supported",
@@ -227,9 +225,12 @@ fn json_body(
     interactions::parse_json(&bytes)
 }
 
-async fn metadata(State(_state): State<AppState>, ctx: Ctx) -> Response {
+async fn metadata(State(state): State<AppState>, ctx: Ctx) -> Response {
     let started = Instant::now();
-    let result = Ok(capabilities::capability_statement(&ctx.call.base));
+    let result = Ok(capabilities::capability_statement(
+        &ctx.call.base,
+        &state.config.operations,
+    ));
     finish(&ctx, "GET", "metadata", started, result)
 }
 

@@ -26,7 +26,21 @@ fn type_code(kind: SearchParamType) -> &'static str {
     }
 }
 
-fn resource_entry(resource_type: &str) -> Value {
+/// An operation served by routes merged next to the FHIR routes, so that
+/// the CapabilityStatement lists it on its resource type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationCapability {
+    /// Resource type the operation is invoked on.
+    pub resource_type: String,
+    /// Name without the `$`.
+    pub name: String,
+    /// Canonical URL of the OperationDefinition.
+    pub definition: String,
+    /// What the operation does, for people reading the statement.
+    pub documentation: String,
+}
+
+fn resource_entry(resource_type: &str, operations: &[OperationCapability]) -> Value {
     let registry = SearchParamRegistry::r4();
     let mut params = vec![
         json!({"name": "_id", "type": "token", "definition": "http://hl7.org/fhir/SearchParameter/Resource-id"}),
@@ -77,21 +91,36 @@ fn resource_entry(resource_type: &str) -> Value {
         "searchRevInclude": revincludes,
         "searchParam": params,
     });
+    let mut listed = Vec::new();
     if resource_type == "Patient" {
-        entry["operation"] = json!([{
+        listed.push(json!({
             "name": "everything",
             "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
-        }]);
+        }));
+    }
+    for operation in operations
+        .iter()
+        .filter(|operation| operation.resource_type == resource_type)
+    {
+        listed.push(json!({
+            "name": operation.name,
+            "definition": operation.definition,
+            "documentation": operation.documentation,
+        }));
+    }
+    if !listed.is_empty() {
+        entry["operation"] = Value::Array(listed);
     }
     entry
 }
 
-/// Builds the CapabilityStatement of this server.
-pub fn capability_statement(base: &str) -> FhirResponse {
+/// Builds the CapabilityStatement of this server, listing `operations`
+/// beside the built-in ones.
+pub fn capability_statement(base: &str, operations: &[OperationCapability]) -> FhirResponse {
     let resources: Vec<Value> = Model::r4()
         .resource_types()
         .iter()
-        .map(|resource_type| resource_entry(resource_type))
+        .map(|resource_type| resource_entry(resource_type, operations))
         .collect();
     let statement = json!({
         "resourceType": "CapabilityStatement",

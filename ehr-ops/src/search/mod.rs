@@ -99,17 +99,22 @@ fn sort_columns(request: &SearchRequest) -> Vec<SortColumn> {
     columns
 }
 
-fn push_base(qb: &mut QueryBuilder<Postgres>, request: &SearchRequest) {
-    let needs_resource_row = request.sort.iter().any(|key| key.code == "_lastUpdated")
+/// Tells whether the search reads the resources table (a `_lastUpdated`
+/// sort or filter) rather than only index rows.
+fn needs_resource_row(request: &SearchRequest) -> bool {
+    request.sort.iter().any(|key| key.code == "_lastUpdated")
         || request
             .filters
             .iter()
-            .any(|filter| filter.code == "_lastUpdated");
+            .any(|filter| filter.code == "_lastUpdated")
+}
+
+fn push_base(qb: &mut QueryBuilder<Postgres>, request: &SearchRequest) {
     sql::push_from_and_filters(
         qb,
         &request.resource_type,
         &request.filters,
-        needs_resource_row,
+        needs_resource_row(request),
     );
 }
 
@@ -136,11 +141,21 @@ pub async fn matching_ids(
 /// Runs a search and returns one page.
 pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirResult<SearchPage> {
     let mut page = SearchPage::default();
-    if request.total || request.summary == Summary::Count {
-        page.total = Some(count(conn, request).await?);
-    }
+    let wants_total = request.total || request.summary == Summary::Count;
     if request.summary == Summary::Count || request.count == 0 {
+        if wants_total {
+            page.total = Some(count(conn, request).await?);
+        }
         return Ok(page);
+    }
+    // When the candidates come from an index lookup, the page query finds
+    // every match before ordering them, so it counts them in the same pass.
+    // Otherwise the count runs on its own and the page query can stop after
+    // its first rows in key order.
+    let total_in_page =
+        wants_total && sql::has_driving_filter(&request.filters, needs_resource_row(request));
+    if wants_total && !total_in_page {
+        page.total = Some(count(conn, request).await?);
     }
 
     let columns = sort_columns(request);
@@ -156,16 +171,23 @@ pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirRes
     }
     let backward = cursor.as_ref().is_some_and(|c| c.d == "p");
 
-    let mut qb = QueryBuilder::new("SELECT q.id");
-    for n in 0..columns.len() {
-        qb.push(format!(", q.s{n}::text"));
-    }
-    qb.push(" FROM (SELECT r.id");
+    let mut qb = QueryBuilder::new(if total_in_page {
+        "WITH m AS MATERIALIZED (SELECT r.id"
+    } else {
+        "WITH m AS (SELECT r.id"
+    });
     for (n, column) in columns.iter().enumerate() {
         qb.push(format!(", {} AS s{n}", column.expression));
     }
     push_base(&mut qb, request);
-    qb.push(") q WHERE true");
+    qb.push(") SELECT q.id");
+    if total_in_page {
+        qb.push(", (SELECT count(*) FROM m)");
+    }
+    for n in 0..columns.len() {
+        qb.push(format!(", q.s{n}::text"));
+    }
+    qb.push(" FROM m q WHERE true");
     if let Some(cursor) = &cursor {
         push_keyset(&mut qb, &columns, &cursor.v, backward);
     }
@@ -197,15 +219,26 @@ pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirRes
             FhirError::Database(err)
         }
     })?;
+    let first_value = if total_in_page { 2 } else { 1 };
     let mut keys: Vec<(String, Vec<String>)> = Vec::with_capacity(rows.len());
     for row in &rows {
         use sqlx::Row;
         let id: String = row.try_get(0)?;
         let mut values = Vec::with_capacity(columns.len());
         for n in 0..columns.len() {
-            values.push(row.try_get::<String, _>(n + 1)?);
+            values.push(row.try_get::<String, _>(n + first_value)?);
         }
         keys.push((id, values));
+    }
+    if total_in_page {
+        use sqlx::Row;
+        page.total = Some(match rows.first() {
+            Some(row) => row.try_get::<i64, _>(1)?,
+            // Without a cursor an empty page means no match; past a cursor
+            // the matches lie on other pages.
+            None if cursor.is_none() => 0,
+            None => count(conn, request).await?,
+        });
     }
     let has_more = keys.len() as i64 > request.count;
     keys.truncate(request.count as usize);

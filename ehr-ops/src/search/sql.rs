@@ -111,6 +111,13 @@ pub fn push_from_and_filters(
     push_filters(qb, "r", &rest);
 }
 
+/// Tells whether [`push_from_and_filters`] selects the candidates from one
+/// filter's index rows. Such a search produces all its matches before it can
+/// order them, so counting them costs nothing more than paging them.
+pub fn has_driving_filter(filters: &[Filter], needs_resource_row: bool) -> bool {
+    !needs_resource_row && filters.iter().any(is_driving)
+}
+
 /// Tells whether a filter's index rows alone name the matching resources.
 fn is_driving(filter: &Filter) -> bool {
     filter.chain.is_none()

@@ -1083,6 +1083,8 @@ async fn metadata_lists_what_is_implemented() {
         }
     }
     assert_eq!(entry("Patient")["operation"][0]["name"], "everything");
+    // Operations of merged routes appear only when a server adds them.
+    assert!(entry("DocumentReference").get("operation").is_none());
     assert_eq!(entry("Patient")["conditionalDelete"], "single");
 
     let names = |resource_type: &str| -> Vec<String> {

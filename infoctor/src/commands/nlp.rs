@@ -1,14 +1,13 @@
 //! `infoctor models fetch`, `infoctor nlp extract` and `infoctor nlp propose`.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use infoctor_nlp::extract;
 use infoctor_nlp::model_files::{default_model_dir, fetch_minilm};
-use infoctor_nlp::terminology::{harvest_fhir_codings, load_icd10cm_dir};
-use infoctor_nlp::{Dictionary, extract};
 
-use crate::assist::TerminologyArgs;
+use crate::assist::{NoteExtractor, TerminologyArgs};
 use crate::database::Settings;
 
 /// Subcommands of `infoctor models`.
@@ -31,13 +30,8 @@ pub enum NlpCommand {
     Extract {
         /// Note text file, or `-` for standard input.
         file: String,
-        /// Folder of the ICD-10-CM tables (codes and titles) to match.
-        #[arg(long, env = "INFOCTOR_ICD10CM_DIR")]
-        icd10cm: Option<PathBuf>,
-        /// Folder of FHIR NDJSON files whose SNOMED CT, RxNorm and LOINC
-        /// codings are matched by their display text.
-        #[arg(long, env = "INFOCTOR_CODINGS_DIR")]
-        codings: Option<PathBuf>,
+        #[command(flatten)]
+        terminology: TerminologyArgs,
     },
     /// Extract concepts from a tenant's notes (DocumentReferences with
     /// inline text) and store problems, allergies and medications as
@@ -87,17 +81,8 @@ pub fn run_models(data_dir: &Path, command: ModelsCommand) -> anyhow::Result<()>
 pub async fn run_nlp(settings: &Settings, command: NlpCommand) -> anyhow::Result<()> {
     match command {
         NlpCommand::Propose(args) => crate::assist::run_propose(settings, args).await,
-        NlpCommand::Extract {
-            file,
-            icd10cm,
-            codings,
-        } => {
-            if icd10cm.is_none() && codings.is_none() {
-                anyhow::bail!(
-                    "no terminology to match: give --icd10cm DIR (the ICD-10-CM tables) and/or \
-                     --codings DIR (FHIR NDJSON files whose codings to match)"
-                );
-            }
+        NlpCommand::Extract { file, terminology } => {
+            terminology.require()?;
             let text = if file == "-" {
                 let mut text = String::new();
                 std::io::stdin()
@@ -107,25 +92,18 @@ pub async fn run_nlp(settings: &Settings, command: NlpCommand) -> anyhow::Result
             } else {
                 std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?
             };
-            let mut dictionary = Dictionary::new();
-            if let Some(dir) = &icd10cm {
-                let entries = load_icd10cm_dir(dir)
-                    .with_context(|| format!("loading ICD-10-CM from {}", dir.display()))?;
-                dictionary.extend(entries);
+            let extractor = NoteExtractor::load(&terminology)?;
+            let mentions = extract(&text, extractor.dictionary());
+            let mut out = std::io::stdout().lock();
+            let written = serde_json::to_writer_pretty(&mut out, &mentions)
+                .map_err(std::io::Error::from)
+                .and_then(|()| writeln!(out))
+                .and_then(|()| out.flush());
+            match written {
+                // A reader that stops early (`| head`) is not an error.
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.context("writing the mentions to standard output"),
             }
-            if let Some(dir) = &codings {
-                let systems = [
-                    "http://snomed.info/sct",
-                    "http://www.nlm.nih.gov/research/umls/rxnorm",
-                    "http://loinc.org",
-                ];
-                let entries = harvest_fhir_codings(dir, &systems)
-                    .with_context(|| format!("reading codings from {}", dir.display()))?;
-                dictionary.extend(entries);
-            }
-            let mentions = extract(&text, &dictionary);
-            println!("{}", serde_json::to_string_pretty(&mentions)?);
-            Ok(())
         }
     }
 }

@@ -49,7 +49,7 @@ pub async fn serve_until_signal(
     services: &ServiceArgs,
     on_ready: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
-    let config = ApiConfig {
+    let mut config = ApiConfig {
         max_body_bytes: args.max_body_bytes,
         public_url: args.public_url.clone(),
         ..ApiConfig::default()
@@ -83,6 +83,7 @@ pub async fn serve_until_signal(
         let extractor = tokio::task::spawn_blocking(move || NoteExtractor::load(&terminology))
             .await
             .context("loading the terminology")??;
+        config.operations.push(assist::extract_capability());
         Some(Arc::new(extractor))
     };
     let router = api::router_with(db.clone(), config, assist::routes(extractor))

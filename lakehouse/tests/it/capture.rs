@@ -205,8 +205,15 @@ async fn capture_during_load_keeps_tenants_apart() {
 async fn replayed_changes_are_skipped() {
     let env = Env::new(&["alpha"]).await;
     let capture = env.start_capture(env.capture_config());
-    wait_until(CATCH_UP, "the slot to exist", || async {
-        infoctor_lakehouse::capture::slot::slot_info(env.db.admin_pool(), &env.slot)
+    // An active slot may still be copying its snapshot, and a stop then
+    // leaves no slot behind; wait for the snapshot to finish.
+    wait_until(CATCH_UP, "the snapshot to complete", || async {
+        let admin = env.db.admin_pool();
+        let done = infoctor_lakehouse::capture::slot::snapshot_state(admin, &env.slot)
+            .await
+            .unwrap()
+            .is_some_and(|state| state.completed_at.is_some());
+        done && infoctor_lakehouse::capture::slot::slot_info(admin, &env.slot)
             .await
             .unwrap()
             .is_some_and(|slot| slot.active)
