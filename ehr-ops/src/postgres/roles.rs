@@ -75,13 +75,17 @@ pub(super) async fn grant_app_role(admin: &PgPool) -> Result<(), DatabaseError> 
     // when several servers start at once, so they run one at a time under a
     // transaction-scoped advisory lock. That lock is per database, and the
     // role setting is shared by the whole cluster, so starts against two
-    // databases of one cluster can still collide there: those retry.
+    // databases of one cluster can still collide there: those retry. The
+    // collision shows as "tuple concurrently updated", or as a duplicate key
+    // in pg_db_role_setting when both starts add the role's first setting.
     let mut attempt = 0;
     loop {
         attempt += 1;
         match run_grants(admin, &statements).await {
             Err(sqlx::Error::Database(err))
-                if attempt < 5 && err.message().contains("concurrently updated") =>
+                if attempt < 5
+                    && (err.message().contains("concurrently updated")
+                        || err.message().contains("pg_db_role_setting")) =>
             {
                 tracing::info!(attempt, "role grants collided with another start; retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
