@@ -572,7 +572,7 @@ pub fn reject_nul(field: &str, value: &str) -> FhirResult<()> {
     Ok(())
 }
 
-/// Where the next page of a proposal list starts: the creation time and id
+/// Position of the next page of a proposal list: the creation time and id
 /// of the last proposal listed.
 pub type ListCursor = (DateTime<Utc>, Uuid);
 

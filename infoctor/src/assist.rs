@@ -273,8 +273,8 @@ fn draw_drafts(
     (mentions, skipped, merged)
 }
 
-/// The `$extract` operation as the CapabilityStatement lists it when the
-/// server runs with a terminology.
+/// Describes the `$extract` operation for the CapabilityStatement of a
+/// server that runs with a terminology.
 pub fn extract_capability() -> OperationCapability {
     OperationCapability {
         resource_type: "DocumentReference".to_owned(),
@@ -288,8 +288,8 @@ pub fn extract_capability() -> OperationCapability {
     }
 }
 
-/// The `$extract` route, to merge into the FHIR router. Without a loaded
-/// extractor the route returns 501 with what to configure.
+/// Builds the `$extract` route to merge into the FHIR router. Without a
+/// loaded extractor the route returns 501 with what to configure.
 pub fn routes(extractor: Option<Arc<NoteExtractor>>) -> Router<AppState> {
     Router::new()
         .route(

@@ -603,6 +603,23 @@ async fn notes_become_reviewable_proposals() {
     db.close().await;
 }
 
+/// Starts `infoctor nlp extract -` with one `--codings` per folder, all
+/// standard streams piped.
+fn spawn_extract(codings: &[PathBuf]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_infoctor"));
+    command.args(["nlp", "extract", "-"]);
+    for folder in codings {
+        command.arg("--codings").arg(folder);
+    }
+    command
+        .env("INFOCTOR_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn nlp_extract_reads_stdin_and_folders() {
     // A second codings folder with concepts the sample lacks.
@@ -625,17 +642,7 @@ fn nlp_extract_reads_stdin_and_folders() {
     })
     .collect();
     std::fs::write(extra.path().join("Condition.ndjson"), conditions.join("\n")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_infoctor"))
-        .args(["nlp", "extract", "-", "--codings"])
-        .arg(sample_dir())
-        .arg("--codings")
-        .arg(extra.path())
-        .env("INFOCTOR_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_extract(&[sample_dir(), extra.path().to_path_buf()]);
     child
         .stdin
         .take()
@@ -681,15 +688,7 @@ fn nlp_extract_reads_stdin_and_folders() {
     );
 
     // A reader that closes the pipe early ends the command quietly.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_infoctor"))
-        .args(["nlp", "extract", "-", "--codings"])
-        .arg(sample_dir())
-        .env("INFOCTOR_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_extract(&[sample_dir()]);
     drop(child.stdout.take());
     child
         .stdin

@@ -2,11 +2,11 @@
 //!
 //! It computes what `candle_transformers::models::bert::BertModel` computes
 //! for this model, on the same weights, with the work arranged for few
-//! cores: the query, key and value projections run as one matrix product,
-//! the attention scale is folded into the query weights, and each bias is
+//! cores. The query, key and value projections run as one matrix product,
+//! and the attention scale is folded into the query weights. Each bias is
 //! applied together with what follows it (the GELU activation, or the
-//! residual sum before layer norm) in one pass over the rows, spread over
-//! the rayon threads. Candle's element-wise operators run on one thread.
+//! residual sum before layer norm) in one pass over the rows on the rayon
+//! threads, because candle's element-wise operators run on one thread.
 
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -343,7 +343,7 @@ impl InplaceOp2 for AddBiasResidual<'_> {
     }
 }
 
-/// The exact GELU, `x * Φ(x)`, with candle's `erf`.
+/// Computes the exact GELU, `x * Φ(x)`, with candle's `erf`.
 fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
 }

@@ -76,8 +76,8 @@ pub fn router_with(db: Database, config: ApiConfig, extra: Router<AppState>) -> 
     routes::routes()
         .merge(review::routes())
         .merge(extra)
-        // After the merges, so that every route answers an unknown path or
-        // method with an OperationOutcome.
+        // Set after the merges, so that every route returns an
+        // OperationOutcome for an unknown path or method.
         .fallback(routes::no_route)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .with_state(state)

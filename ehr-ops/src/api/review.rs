@@ -220,7 +220,7 @@ fn parse_cursor(text: &str) -> FhirResult<ListCursor> {
     Ok((created, id))
 }
 
-/// The link to the page after `cursor`: the same query with the new cursor.
+/// Builds the link to the page after `cursor`: the same query with the new cursor.
 fn next_link(ctx: &Ctx, query: Option<&str>, cursor: ListCursor) -> String {
     let origin = ctx
         .call

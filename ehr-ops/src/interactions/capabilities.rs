@@ -36,7 +36,7 @@ pub struct OperationCapability {
     pub name: String,
     /// Canonical URL of the OperationDefinition.
     pub definition: String,
-    /// What the operation does, for people reading the statement.
+    /// Description of the operation for people reading the statement.
     pub documentation: String,
 }
 
