@@ -10,17 +10,18 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use infoctor_fhir::search::IndexEntry;
 use sqlx::PgConnection;
 
-use super::index::{self, ResourceKey};
+use super::index::{self, Digests, IndexPlan, ResourceKey, TableSet};
 use super::{PreparedResource, now_millis, stamp_meta};
 use crate::error::{FhirError, FhirResult};
 
-/// Version, deleted flag and content hash of a stored resource.
-type CurrentState = (i64, bool, Option<Vec<u8>>);
+/// Version, deleted flag, content hash and index digests of a stored resource.
+type CurrentState = (i64, bool, Option<Vec<u8>>, Option<Vec<i64>>);
 
 /// A row of `resources` as the batch reads it: type, id, then the state.
-type CurrentRow = (String, String, i64, bool, Option<Vec<u8>>);
+type CurrentRow = (String, String, i64, bool, Option<Vec<u8>>, Option<Vec<i64>>);
 
 /// Counts of what a batch wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,7 +93,7 @@ async fn write_unique(
     let mut current: Vec<CurrentRow> = Vec::with_capacity(latest.len());
     for (resource_type, ids) in by_type {
         let rows: Vec<CurrentRow> = sqlx::query_as(
-            "SELECT resource_type, id, version_id, deleted, content_hash FROM resources \
+            "SELECT resource_type, id, version_id, deleted, content_hash, index_digests FROM resources \
              WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = ANY($2) \
              ORDER BY id FOR UPDATE",
         )
@@ -104,26 +105,27 @@ async fn write_unique(
     }
     let current: HashMap<(String, String), CurrentState> = current
         .into_iter()
-        .map(|(rt, id, version, deleted, hash)| ((rt, id), (version, deleted, hash)))
+        .map(|(rt, id, version, deleted, hash, digests)| {
+            ((rt, id), (version, deleted, hash, digests))
+        })
         .collect();
 
     let last_updated = now_millis();
     let mut rows = VersionRows::default();
-    let mut cleared = (Vec::new(), Vec::new());
-    let mut written: Vec<PreparedResource> = Vec::new();
+    let mut written: Vec<(PreparedResource, IndexPlan)> = Vec::new();
     for (key, mut prepared) in latest {
-        let (version_id, operation) = match current.get(&key) {
-            None => (1, "create"),
-            Some((version, true, _)) => (version + 1, "create"),
-            Some((_, false, Some(hash))) if *hash == prepared.hash => {
+        let digests = index::digests(&prepared.entries);
+        let (version_id, operation, plan) = match current.get(&key) {
+            None => (1, "create", index::plan(Some(&index::NO_ROWS), &digests)),
+            Some((_, false, Some(hash), _)) if *hash == prepared.hash => {
                 counts.unchanged += 1;
                 continue;
             }
-            Some((version, false, _)) => {
-                cleared.0.push(key.0.clone());
-                cleared.1.push(key.1.clone());
-                (version + 1, "update")
-            }
+            Some((version, deleted, _, stored)) => (
+                version + 1,
+                if *deleted { "create" } else { "update" },
+                index::plan(stored.as_deref(), &digests),
+            ),
         };
         if operation == "create" {
             counts.created += 1;
@@ -139,26 +141,36 @@ async fn write_unique(
                 (last_updated, text)
             }
         };
-        rows.push(&prepared, version_id, operation, text, instant);
-        written.push(prepared);
+        rows.push(&prepared, version_id, operation, text, instant, &digests);
+        written.push((prepared, plan));
     }
     if written.is_empty() {
         return Ok(counts);
     }
 
     sqlx::query(
-        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash) \
-         SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash \
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[]) \
-           AS k(resource_type, id, version_id, last_updated, hash) \
+        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
+         SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash, \
+           ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
+           $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[]) \
+           AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6) \
          ON CONFLICT (tenant, resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
-           last_updated = EXCLUDED.last_updated, deleted = false, content_hash = EXCLUDED.content_hash",
+           last_updated = EXCLUDED.last_updated, deleted = false, content_hash = EXCLUDED.content_hash, \
+           index_digests = EXCLUDED.index_digests",
     )
     .bind(&rows.resource_type)
     .bind(&rows.id)
     .bind(&rows.version_id)
     .bind(&rows.last_updated)
     .bind(&rows.hash)
+    .bind(&rows.digests[0])
+    .bind(&rows.digests[1])
+    .bind(&rows.digests[2])
+    .bind(&rows.digests[3])
+    .bind(&rows.digests[4])
+    .bind(&rows.digests[5])
+    .bind(&rows.digests[6])
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -176,18 +188,20 @@ async fn write_unique(
     .bind(&rows.body)
     .execute(&mut *conn)
     .await?;
-    index::clear_keys(conn, &cleared.0, &cleared.1).await?;
-    let keyed: Vec<(ResourceKey<'_>, &[infoctor_fhir::search::IndexEntry])> = written
+    fn key(prepared: &PreparedResource) -> ResourceKey<'_> {
+        ResourceKey {
+            resource_type: &prepared.resource_type,
+            id: &prepared.id,
+        }
+    }
+    let cleared: Vec<(ResourceKey<'_>, TableSet)> = written
         .iter()
-        .map(|prepared| {
-            (
-                ResourceKey {
-                    resource_type: &prepared.resource_type,
-                    id: &prepared.id,
-                },
-                prepared.entries.as_slice(),
-            )
-        })
+        .map(|(prepared, plan)| (key(prepared), plan.clear))
+        .collect();
+    index::clear_keys(conn, &cleared).await?;
+    let keyed: Vec<(ResourceKey<'_>, &[IndexEntry], TableSet)> = written
+        .iter()
+        .map(|(prepared, plan)| (key(prepared), prepared.entries.as_slice(), plan.insert))
         .collect();
     index::insert(conn, &keyed).await?;
     Ok(counts)
@@ -202,6 +216,8 @@ struct VersionRows {
     body: Vec<String>,
     hash: Vec<Vec<u8>>,
     last_updated: Vec<DateTime<Utc>>,
+    /// Index digests, one column per index table.
+    digests: [Vec<i64>; 7],
 }
 
 impl VersionRows {
@@ -212,7 +228,11 @@ impl VersionRows {
         operation: &str,
         body: String,
         last_updated: DateTime<Utc>,
+        digests: &Digests,
     ) {
+        for (column, digest) in self.digests.iter_mut().zip(digests) {
+            column.push(*digest);
+        }
         self.last_updated.push(last_updated);
         self.resource_type.push(prepared.resource_type.clone());
         self.id.push(prepared.id.clone());

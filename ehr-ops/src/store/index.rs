@@ -3,9 +3,16 @@
 //! Rows for many resources go to PostgreSQL in one statement per index table
 //! (arrays unnested on the server), so a bulk load of a thousand resources
 //! costs a handful of round trips rather than one per value.
+//!
+//! Each resource keeps one digest per index table of the rows its current
+//! version has there. A write compares them with the new rows' digests
+//! and rewrites only the tables that differ: an update that changes an
+//! Observation's status touches its token rows and leaves its date,
+//! quantity and reference rows, and their GiST and B-tree entries, alone.
 
 use infoctor_fhir::search::{IndexEntry, IndexValue};
 use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 /// Maximum text stored in an index row, in bytes. PostgreSQL's B-tree rows
@@ -63,6 +70,301 @@ type OptionalTexts = Vec<Option<String>>;
 type Instants = Vec<chrono::DateTime<chrono::Utc>>;
 type Decimals = Vec<Decimal>;
 
+/// The index tables, in the order of [`Digests`] and [`TableSet`] bits.
+pub const INDEX_TABLES: [&str; 7] = [
+    "idx_string",
+    "idx_token",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_reference",
+    "idx_uri",
+];
+
+/// One index row as stored, text already cut to [`MAX_INDEXED_BYTES`].
+enum Row {
+    String {
+        normalized: String,
+        exact: String,
+    },
+    Token {
+        system: Option<String>,
+        value: Option<String>,
+    },
+    Date {
+        low: chrono::DateTime<chrono::Utc>,
+        high: chrono::DateTime<chrono::Utc>,
+    },
+    Number {
+        value: Decimal,
+        low: Decimal,
+        high: Decimal,
+    },
+    Quantity {
+        value: Decimal,
+        low: Decimal,
+        high: Decimal,
+        system: Option<String>,
+        unit_code: Option<String>,
+        unit: Option<String>,
+    },
+    Reference {
+        target_type: Option<String>,
+        target_id: Option<String>,
+        url: Option<String>,
+    },
+    Uri {
+        value: String,
+    },
+}
+
+impl Row {
+    /// Converts an entry into its stored row; `None` for an entry no search can match.
+    fn of(entry: &IndexEntry) -> Option<Row> {
+        Some(match &entry.value {
+            IndexValue::String { normalized, exact } => Row::String {
+                normalized: cut(normalized),
+                exact: cut(exact),
+            },
+            // A token with neither system nor code (a CodeableConcept's bare
+            // text) can match no token search, so it is not stored.
+            IndexValue::Token {
+                system: None,
+                code: None,
+                ..
+            } => return None,
+            IndexValue::Token { system, code, .. } => Row::Token {
+                system: cut_optional(system),
+                value: cut_optional(code),
+            },
+            IndexValue::Date { low, high } => {
+                // A Period whose end precedes its start breaks FHIR's per-1
+                // rule. It is stored as the span between the two instants,
+                // because PostgreSQL cannot build a range that ends first.
+                let (low, high) = if low <= high {
+                    (*low, *high)
+                } else {
+                    (*high, *low)
+                };
+                Row::Date { low, high }
+            }
+            IndexValue::Number { value, low, high } => Row::Number {
+                value: *value,
+                low: *low,
+                high: *high,
+            },
+            IndexValue::Quantity {
+                value,
+                low,
+                high,
+                system,
+                code,
+                unit,
+            } => Row::Quantity {
+                value: *value,
+                low: *low,
+                high: *high,
+                system: cut_optional(system),
+                unit_code: cut_optional(code),
+                unit: cut_optional(unit),
+            },
+            IndexValue::Reference {
+                target_type,
+                target_id,
+                url,
+            } => Row::Reference {
+                target_type: target_type.clone(),
+                target_id: cut_optional(target_id),
+                url: if target_id.is_some() {
+                    None
+                } else {
+                    Some(cut(url))
+                },
+            },
+            IndexValue::Uri { value } => Row::Uri { value: cut(value) },
+        })
+    }
+
+    /// Position of the row's table in [`INDEX_TABLES`].
+    fn table(&self) -> usize {
+        match self {
+            Row::String { .. } => 0,
+            Row::Token { .. } => 1,
+            Row::Date { .. } => 2,
+            Row::Number { .. } => 3,
+            Row::Quantity { .. } => 4,
+            Row::Reference { .. } => 5,
+            Row::Uri { .. } => 6,
+        }
+    }
+
+    /// Feeds every stored column to `hasher`, each length-prefixed so no two
+    /// different rows produce the same byte stream.
+    fn feed(&self, code: &str, hasher: &mut Sha256) {
+        fn text(hasher: &mut Sha256, value: &str) {
+            hasher.update((value.len() as u64).to_le_bytes());
+            hasher.update(value.as_bytes());
+        }
+        fn optional(hasher: &mut Sha256, value: &Option<String>) {
+            match value {
+                None => hasher.update([0u8]),
+                Some(value) => {
+                    hasher.update([1u8]);
+                    text(hasher, value);
+                }
+            }
+        }
+        fn decimal(hasher: &mut Sha256, value: &Decimal) {
+            // The text keeps the scale, which the numeric column keeps too.
+            text(hasher, &value.to_string());
+        }
+        fn instant(hasher: &mut Sha256, value: &chrono::DateTime<chrono::Utc>) {
+            hasher.update(value.timestamp_micros().to_le_bytes());
+        }
+        text(hasher, code);
+        match self {
+            Row::String { normalized, exact } => {
+                text(hasher, normalized);
+                text(hasher, exact);
+            }
+            Row::Token { system, value } => {
+                optional(hasher, system);
+                optional(hasher, value);
+            }
+            Row::Date { low, high } => {
+                instant(hasher, low);
+                instant(hasher, high);
+            }
+            Row::Number { value, low, high } => {
+                decimal(hasher, value);
+                decimal(hasher, low);
+                decimal(hasher, high);
+            }
+            Row::Quantity {
+                value,
+                low,
+                high,
+                system,
+                unit_code,
+                unit,
+            } => {
+                decimal(hasher, value);
+                decimal(hasher, low);
+                decimal(hasher, high);
+                optional(hasher, system);
+                optional(hasher, unit_code);
+                optional(hasher, unit);
+            }
+            Row::Reference {
+                target_type,
+                target_id,
+                url,
+            } => {
+                optional(hasher, target_type);
+                optional(hasher, target_id);
+                optional(hasher, url);
+            }
+            Row::Uri { value } => text(hasher, value),
+        }
+    }
+}
+
+/// A set of index tables, where bit `i` is `INDEX_TABLES[i]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSet(u8);
+
+impl TableSet {
+    /// Every index table.
+    pub const ALL: TableSet = TableSet(0x7f);
+    /// No table.
+    pub const NONE: TableSet = TableSet(0);
+
+    /// Returns whether the set contains the table at `index` in [`INDEX_TABLES`].
+    pub fn contains(self, index: usize) -> bool {
+        self.0 & (1 << index) != 0
+    }
+
+    /// Returns whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn with(self, index: usize) -> TableSet {
+        TableSet(self.0 | (1 << index))
+    }
+}
+
+/// Per-table digests of one resource's index rows, in [`INDEX_TABLES`]
+/// order, where 0 means no rows. Stored in `resources.index_digests`.
+pub type Digests = [i64; 7];
+
+/// The digests of a resource without index rows (deleted, or not yet created).
+pub const NO_ROWS: Digests = [0; 7];
+
+/// Computes the per-table digests of the rows `entries` store.
+pub fn digests(entries: &[IndexEntry]) -> Digests {
+    let mut hashers: [Option<Sha256>; 7] = Default::default();
+    for entry in entries {
+        if let Some(row) = Row::of(entry) {
+            let hasher = hashers[row.table()].get_or_insert_with(Sha256::new);
+            row.feed(entry.code, hasher);
+        }
+    }
+    hashers.map(|hasher| match hasher {
+        None => 0,
+        Some(hasher) => {
+            let bytes: [u8; 8] = hasher.finalize()[..8]
+                .try_into()
+                .expect("a SHA-256 digest is 32 bytes");
+            // 0 is reserved for an empty table.
+            match i64::from_le_bytes(bytes) {
+                0 => 1,
+                digest => digest,
+            }
+        }
+    })
+}
+
+/// The tables a write must clear and the tables it must fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexPlan {
+    /// Tables holding rows of the previous version that differ from the new rows.
+    pub clear: TableSet,
+    /// Tables that must receive the new version's rows.
+    pub insert: TableSet,
+}
+
+/// Compares the stored digests (`None` when unknown, so every table may have
+/// rows) with the new ones. The plan is the least work that leaves the index
+/// tables with exactly the new rows.
+pub fn plan(stored: Option<&[i64]>, new: &Digests) -> IndexPlan {
+    let stored: Option<&Digests> = stored.and_then(|s| s.try_into().ok());
+    let mut plan = IndexPlan {
+        clear: TableSet::NONE,
+        insert: TableSet::NONE,
+    };
+    for (table, &digest) in new.iter().enumerate() {
+        match stored {
+            Some(old) if old[table] == digest => {}
+            Some(old) => {
+                if old[table] != 0 {
+                    plan.clear = plan.clear.with(table);
+                }
+                if digest != 0 {
+                    plan.insert = plan.insert.with(table);
+                }
+            }
+            None => {
+                plan.clear = plan.clear.with(table);
+                if digest != 0 {
+                    plan.insert = plan.insert.with(table);
+                }
+            }
+        }
+    }
+    plan
+}
+
 #[derive(Default)]
 struct Rows {
     string: (Columns, Texts, Texts),
@@ -86,131 +388,118 @@ struct QuantityRows {
 }
 
 impl Rows {
-    fn add(&mut self, key: ResourceKey<'_>, entry: &IndexEntry) {
-        let code = entry.code;
-        match &entry.value {
-            IndexValue::String { normalized, exact } => {
+    fn add(&mut self, key: ResourceKey<'_>, code: &str, row: Row) {
+        match row {
+            Row::String { normalized, exact } => {
                 self.string.0.push(key, code);
-                self.string.1.push(cut(normalized));
-                self.string.2.push(cut(exact));
+                self.string.1.push(normalized);
+                self.string.2.push(exact);
             }
-            // A token with neither system nor code (a CodeableConcept's bare
-            // text) can match no token search, so it is not stored.
-            IndexValue::Token {
-                system: None,
-                code: None,
-                ..
-            } => {}
-            IndexValue::Token {
-                system,
-                code: value,
-                ..
-            } => {
+            Row::Token { system, value } => {
                 self.token.0.push(key, code);
-                self.token.1.push(cut_optional(system));
-                self.token.2.push(cut_optional(value));
+                self.token.1.push(system);
+                self.token.2.push(value);
             }
-            IndexValue::Date { low, high } => {
-                // A Period whose end precedes its start breaks FHIR's per-1
-                // rule. It is stored as the span between the two instants,
-                // because PostgreSQL cannot build a range that ends first.
-                let (low, high) = if low <= high {
-                    (low, high)
-                } else {
-                    (high, low)
-                };
+            Row::Date { low, high } => {
                 self.date.0.push(key, code);
-                self.date.1.push(*low);
-                self.date.2.push(*high);
+                self.date.1.push(low);
+                self.date.2.push(high);
             }
-            IndexValue::Number { value, low, high } => {
+            Row::Number { value, low, high } => {
                 self.number.0.push(key, code);
-                self.number.1.push(*value);
-                self.number.2.push(*low);
-                self.number.3.push(*high);
+                self.number.1.push(value);
+                self.number.2.push(low);
+                self.number.3.push(high);
             }
-            IndexValue::Quantity {
+            Row::Quantity {
                 value,
                 low,
                 high,
                 system,
-                code: unit_code,
+                unit_code,
                 unit,
             } => {
                 let rows = &mut self.quantity;
                 rows.columns.push(key, code);
-                rows.value.push(*value);
-                rows.low.push(*low);
-                rows.high.push(*high);
-                rows.system.push(cut_optional(system));
-                rows.unit_code.push(cut_optional(unit_code));
-                rows.unit.push(cut_optional(unit));
+                rows.value.push(value);
+                rows.low.push(low);
+                rows.high.push(high);
+                rows.system.push(system);
+                rows.unit_code.push(unit_code);
+                rows.unit.push(unit);
             }
-            IndexValue::Reference {
+            Row::Reference {
                 target_type,
                 target_id,
                 url,
             } => {
                 self.reference.0.push(key, code);
-                self.reference.1.push(target_type.clone());
-                self.reference.2.push(cut_optional(target_id));
-                self.reference.3.push(if target_id.is_some() {
-                    None
-                } else {
-                    Some(cut(url))
-                });
+                self.reference.1.push(target_type);
+                self.reference.2.push(target_id);
+                self.reference.3.push(url);
             }
-            IndexValue::Uri { value } => {
+            Row::Uri { value } => {
                 self.uri.0.push(key, code);
-                self.uri.1.push(cut(value));
+                self.uri.1.push(value);
             }
         }
     }
 }
 
-/// The index tables, for deleting a resource's rows.
-const INDEX_TABLES: [&str; 7] = [
-    "idx_string",
-    "idx_token",
-    "idx_date",
-    "idx_number",
-    "idx_quantity",
-    "idx_reference",
-    "idx_uri",
-];
-
-/// Deletes every index row of the given resources (all of one type).
+/// Deletes the index rows in `tables` of the given resources (all of one
+/// type).
 pub async fn clear(
     conn: &mut PgConnection,
+    resource_type: &str,
+    ids: &[String],
+    tables: TableSet,
+) -> Result<(), sqlx::Error> {
+    for table in 0..INDEX_TABLES.len() {
+        if tables.contains(table) {
+            clear_table(conn, table, resource_type, ids).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn clear_table(
+    conn: &mut PgConnection,
+    table: usize,
     resource_type: &str,
     ids: &[String],
 ) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    for table in INDEX_TABLES {
-        let statement = format!(
-            "DELETE FROM {table} WHERE tenant = current_setting('infoctor.tenant') \
-             AND resource_type = $1 AND id = ANY($2)"
-        );
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .bind(resource_type)
-            .bind(ids)
-            .execute(&mut *conn)
-            .await?;
-    }
+    let statement = format!(
+        "DELETE FROM {} WHERE tenant = current_setting('infoctor.tenant') \
+         AND resource_type = $1 AND id = ANY($2)",
+        INDEX_TABLES[table]
+    );
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .bind(resource_type)
+        .bind(ids)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
-/// Inserts the index rows of many resources.
+/// Inserts the index rows of many resources, each into the given tables only.
 pub async fn insert(
     conn: &mut PgConnection,
-    resources: &[(ResourceKey<'_>, &[IndexEntry])],
+    resources: &[(ResourceKey<'_>, &[IndexEntry], TableSet)],
 ) -> Result<(), sqlx::Error> {
     let mut rows = Rows::default();
-    for (key, entries) in resources {
+    for (key, entries, tables) in resources {
+        if tables.is_empty() {
+            continue;
+        }
         for entry in *entries {
-            rows.add(*key, entry);
+            if let Some(row) = Row::of(entry)
+                && tables.contains(row.table())
+            {
+                rows.add(*key, entry.code, row);
+            }
         }
     }
     // The tenant is read once per statement from a materialized CTE rather
@@ -325,23 +614,110 @@ pub async fn insert(
     Ok(())
 }
 
-/// Deletes every index row of resources of mixed types, given as parallel
-/// arrays of types and ids.
+/// Deletes index rows of resources of mixed types, each from its own set
+/// of tables: one statement per type and table.
 pub async fn clear_keys(
     conn: &mut PgConnection,
-    resource_types: &[String],
-    ids: &[String],
+    keys: &[(ResourceKey<'_>, TableSet)],
 ) -> Result<(), sqlx::Error> {
-    let mut by_type: std::collections::BTreeMap<&str, Vec<String>> =
+    let mut groups: std::collections::BTreeMap<(&str, usize), Vec<String>> =
         std::collections::BTreeMap::new();
-    for (resource_type, id) in resource_types.iter().zip(ids) {
-        by_type
-            .entry(resource_type.as_str())
-            .or_default()
-            .push(id.clone());
+    for (key, tables) in keys {
+        for table in 0..INDEX_TABLES.len() {
+            if tables.contains(table) {
+                groups
+                    .entry((key.resource_type, table))
+                    .or_default()
+                    .push(key.id.to_owned());
+            }
+        }
     }
-    for (resource_type, ids) in by_type {
-        clear(conn, resource_type, &ids).await?;
+    for ((resource_type, table), ids) in groups {
+        clear_table(conn, table, resource_type, &ids).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entries(status: &str, value: f64) -> Vec<IndexEntry> {
+        infoctor_fhir::search::extract(&json!({
+            "resourceType": "Observation",
+            "id": "o1",
+            "status": status,
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-03-05",
+            "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": "%"}
+        }))
+        .expect("extract")
+    }
+
+    fn tables(set: TableSet) -> Vec<&'static str> {
+        (0..INDEX_TABLES.len())
+            .filter(|&table| set.contains(table))
+            .map(|table| INDEX_TABLES[table])
+            .collect()
+    }
+
+    #[test]
+    fn digests_follow_the_rows_of_each_table() {
+        let final_7 = digests(&entries("final", 7.0));
+        assert_eq!(final_7, digests(&entries("final", 7.0)));
+        let amended_7 = digests(&entries("amended", 7.0));
+        let changed = plan(Some(&final_7), &amended_7);
+        assert_eq!(tables(changed.clear), ["idx_token"]);
+        assert_eq!(tables(changed.insert), ["idx_token"]);
+        // Another value changes the quantity rows alone.
+        let final_75 = digests(&entries("final", 7.5));
+        assert_eq!(
+            tables(plan(Some(&final_7), &final_75).clear),
+            ["idx_quantity"]
+        );
+        assert_eq!(final_7[0], 0, "an Observation has no string parameter here");
+        assert_ne!(final_7[1], 0);
+    }
+
+    #[test]
+    fn plans_cover_new_unknown_and_emptied_rows() {
+        let new = digests(&entries("final", 7.0));
+        let created = plan(Some(&NO_ROWS), &new);
+        assert!(created.clear.is_empty());
+        assert_eq!(created.insert, {
+            let mut set = TableSet::NONE;
+            for (table, digest) in new.iter().enumerate() {
+                if *digest != 0 {
+                    set = set.with(table);
+                }
+            }
+            set
+        });
+        let unknown = plan(None, &new);
+        assert_eq!(unknown.clear, TableSet::ALL);
+        assert_eq!(unknown.insert, created.insert);
+        let malformed = plan(Some(&[1, 2]), &new);
+        assert_eq!(malformed, unknown);
+        let emptied = plan(Some(&new), &NO_ROWS);
+        assert_eq!(emptied.clear, created.insert);
+        assert!(emptied.insert.is_empty());
+        assert_eq!(plan(Some(&new), &new).clear, TableSet::NONE);
+    }
+
+    #[test]
+    fn long_values_digest_as_stored() {
+        let long = "x".repeat(MAX_INDEXED_BYTES + 10);
+        let longer = "x".repeat(MAX_INDEXED_BYTES + 20);
+        let entry = |text: &str| IndexEntry {
+            code: "name",
+            value: IndexValue::String {
+                normalized: text.to_owned(),
+                exact: text.to_owned(),
+            },
+        };
+        // Both cut to the same stored text, so the stored rows are equal.
+        assert_eq!(digests(&[entry(&long)]), digests(&[entry(&longer)]));
+    }
 }

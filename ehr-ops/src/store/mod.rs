@@ -2,8 +2,9 @@
 //! resources inside a tenant-scoped PostgreSQL transaction.
 //!
 //! Every write appends a row to `resource_versions`, moves the pointer in
-//! `resources` and replaces the resource's search index rows, all in the
-//! caller's transaction, so a failure anywhere writes nothing. The functions
+//! `resources` and replaces the resource's search index rows in the tables
+//! whose rows changed (see [`index::plan`]), all in the caller's
+//! transaction, so a failure anywhere writes nothing. The functions
 //! here trust that the transaction carries the tenant setting; row-level
 //! security enforces it.
 
@@ -258,8 +259,9 @@ pub async fn write(
     .bind(&id)
     .execute(&mut *conn)
     .await?;
-    let current: Option<(i64, bool, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT version_id, deleted, content_hash FROM resources \
+    type Current = (i64, bool, Option<Vec<u8>>, Option<Vec<i64>>);
+    let current: Option<Current> = sqlx::query_as(
+        "SELECT version_id, deleted, content_hash, index_digests FROM resources \
          WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
          FOR UPDATE",
     )
@@ -269,7 +271,7 @@ pub async fn write(
     .await?;
 
     if let Some(expected) = if_match {
-        let actual = current.as_ref().map(|(version, _, _)| *version);
+        let actual = current.as_ref().map(|(version, ..)| *version);
         if actual != Some(expected) {
             return Err(FhirError::PreconditionFailed(format!(
                 "{resource_type}/{id} is at version {}, not {expected}; read it again and retry",
@@ -282,7 +284,7 @@ pub async fn write(
             "{resource_type}/{id} already exists"
         )));
     }
-    if let Some((version_id, false, Some(old_hash))) = &current
+    if let Some((version_id, false, Some(old_hash), _)) = &current
         && *old_hash == hash
     {
         let stored = read(conn, &resource_type, &id).await?;
@@ -294,46 +296,47 @@ pub async fn write(
         });
     }
 
-    let created = current.as_ref().is_none_or(|(_, deleted, _)| *deleted);
-    let version_id = current.as_ref().map_or(1, |(version, _, _)| version + 1);
+    let created = current.as_ref().is_none_or(|(_, deleted, ..)| *deleted);
+    let version_id = current.as_ref().map_or(1, |(version, ..)| version + 1);
+    let digests = index::digests(&entries);
+    let plan = match &current {
+        None => index::plan(Some(&index::NO_ROWS), &digests),
+        Some((.., stored)) => index::plan(stored.as_deref(), &digests),
+    };
     let last_updated = now_millis();
     stamp_meta(&mut resource, version_id, last_updated);
     let operation = if created { "create" } else { "update" };
     let text = serde_json::to_string(&resource)
         .map_err(|err| FhirError::Internal(format!("serializing resource: {err}")))?;
 
+    // The pointer and the version go in one statement, saving a round trip.
     sqlx::query(
-        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash) \
-         VALUES (current_setting('infoctor.tenant'), $1, $2, $3, $4, false, $5) \
-         ON CONFLICT (tenant, resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
-           last_updated = EXCLUDED.last_updated, deleted = false, content_hash = EXCLUDED.content_hash",
+        "WITH pointer AS (\
+           INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
+           VALUES (current_setting('infoctor.tenant'), $1, $2, $3, $4, false, $5, $7) \
+           ON CONFLICT (tenant, resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
+             last_updated = EXCLUDED.last_updated, deleted = false, content_hash = EXCLUDED.content_hash, \
+             index_digests = EXCLUDED.index_digests) \
+         INSERT INTO resource_versions (tenant, resource_type, id, version_id, last_updated, operation, resource) \
+         VALUES (current_setting('infoctor.tenant'), $1, $2, $3, $4, $6, $8::jsonb)",
     )
     .bind(&resource_type)
     .bind(&id)
     .bind(version_id)
     .bind(last_updated)
     .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO resource_versions (tenant, resource_type, id, version_id, last_updated, operation, resource) \
-         VALUES (current_setting('infoctor.tenant'), $1, $2, $3, $4, $5, $6::jsonb)",
-    )
-    .bind(&resource_type)
-    .bind(&id)
-    .bind(version_id)
-    .bind(last_updated)
     .bind(operation)
+    .bind(&digests[..])
     .bind(&text)
     .execute(&mut *conn)
     .await?;
     let ids = [id.clone()];
-    index::clear(conn, &resource_type, &ids).await?;
+    index::clear(conn, &resource_type, &ids, plan.clear).await?;
     let key = index::ResourceKey {
         resource_type: &resource_type,
         id: &id,
     };
-    index::insert(conn, &[(key, &entries)]).await?;
+    index::insert(conn, &[(key, &entries, plan.insert)]).await?;
 
     let body = RawValue::from_string(text)
         .map_err(|err| FhirError::Internal(format!("serializing resource: {err}")))?;
@@ -363,8 +366,8 @@ pub async fn delete(
     if !is_valid_id(id) {
         return Ok(None);
     }
-    let current: Option<(i64, bool)> = sqlx::query_as(
-        "SELECT version_id, deleted FROM resources \
+    let current: Option<(i64, bool, Option<Vec<i64>>)> = sqlx::query_as(
+        "SELECT version_id, deleted, index_digests FROM resources \
          WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
          FOR UPDATE",
     )
@@ -373,25 +376,27 @@ pub async fn delete(
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(expected) = if_match
-        && current.map(|(version, _)| version) != Some(expected)
+        && current.as_ref().map(|(version, ..)| *version) != Some(expected)
     {
         return Err(FhirError::PreconditionFailed(format!(
             "{resource_type}/{id} is not at version {expected}; read it again and retry"
         )));
     }
-    let Some((version, false)) = current else {
+    let Some((version, false, stored_digests)) = current else {
         return Ok(None);
     };
     let version_id = version + 1;
     let last_updated = now_millis();
     sqlx::query(
-        "UPDATE resources SET version_id = $3, last_updated = $4, deleted = true, content_hash = NULL \
+        "UPDATE resources SET version_id = $3, last_updated = $4, deleted = true, content_hash = NULL, \
+           index_digests = $5 \
          WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2",
     )
     .bind(resource_type)
     .bind(id)
     .bind(version_id)
     .bind(last_updated)
+    .bind(&index::NO_ROWS[..])
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -404,7 +409,8 @@ pub async fn delete(
     .bind(last_updated)
     .execute(&mut *conn)
     .await?;
-    index::clear(conn, resource_type, &[id.to_owned()]).await?;
+    let plan = index::plan(stored_digests.as_deref(), &index::NO_ROWS);
+    index::clear(conn, resource_type, &[id.to_owned()], plan.clear).await?;
     Ok(Some(version_id))
 }
 

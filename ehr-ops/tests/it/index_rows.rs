@@ -1,0 +1,213 @@
+//! Search index rows across updates. A write rewrites only the index tables
+//! whose rows changed. Whatever path a resource took (update, update after
+//! rows of unknown state, delete and re-create, bulk reload), its rows equal
+//! those of the same content written fresh.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, server};
+
+const TABLES: [&str; 7] = [
+    "idx_string",
+    "idx_token",
+    "idx_date",
+    "idx_number",
+    "idx_quantity",
+    "idx_reference",
+    "idx_uri",
+];
+
+/// Index rows of one resource per table: each row's columns other than
+/// tenant and id as JSON text, sorted, and the rows' physical positions.
+#[derive(Debug, Default)]
+struct IndexRows {
+    rows: BTreeMap<&'static str, Vec<String>>,
+    positions: BTreeMap<&'static str, Vec<String>>,
+}
+
+async fn index_rows(server: &TestServer, tenant: &str, resource_type: &str, id: &str) -> IndexRows {
+    let mut found = IndexRows::default();
+    for table in TABLES {
+        let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT (to_jsonb(t) - 'tenant' - 'id')::text, t.ctid::text FROM {table} t \
+             WHERE tenant = $1 AND resource_type = $2 AND id = $3"
+        )))
+        .bind(tenant)
+        .bind(resource_type)
+        .bind(id)
+        .fetch_all(server.db.admin_pool())
+        .await
+        .expect("read index rows");
+        let (mut rows, mut positions): (Vec<String>, Vec<String>) = rows.into_iter().unzip();
+        rows.sort();
+        positions.sort();
+        found.rows.insert(table, rows);
+        found.positions.insert(table, positions);
+    }
+    found
+}
+
+fn observation(id: &str, status: &str, value: f64) -> Value {
+    json!({
+        "resourceType": "Observation",
+        "id": id,
+        "status": status,
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4", "display": "Hemoglobin A1c"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": "2024-03-05T10:00:00Z",
+        "valueQuantity": {"value": value, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
+    })
+}
+
+async fn put(server: &TestServer, tenant: &str, resource: &Value) {
+    let path = format!("Observation/{}", resource["id"].as_str().expect("id"));
+    let (status, body) = server.put(tenant, &path, resource).await;
+    assert!(
+        status == 200 || status == 201,
+        "PUT {path}: {status} {body}"
+    );
+}
+
+/// Writes the content again under a new id and returns that copy's rows.
+async fn fresh_rows(server: &TestServer, tenant: &str, resource: &Value) -> IndexRows {
+    let mut copy = resource.clone();
+    let id = format!("fresh-{}", uuid::Uuid::new_v4().simple());
+    copy["id"] = json!(id);
+    put(server, tenant, &copy).await;
+    index_rows(server, tenant, "Observation", &id).await
+}
+
+#[tokio::test]
+async fn updates_rewrite_only_changed_index_tables() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let first = observation("a1c", "final", 7.2);
+    put(&server, &tenant, &first).await;
+    let before = index_rows(&server, &tenant, "Observation", "a1c").await;
+    assert!(!before.rows["idx_quantity"].is_empty(), "{before:?}");
+    assert!(!before.rows["idx_date"].is_empty(), "{before:?}");
+
+    // Only the status token changes.
+    let amended = observation("a1c", "amended", 7.2);
+    put(&server, &tenant, &amended).await;
+    let after = index_rows(&server, &tenant, "Observation", "a1c").await;
+    for table in TABLES {
+        if table == "idx_token" {
+            assert_ne!(before.rows[table], after.rows[table]);
+            assert_ne!(before.positions[table], after.positions[table]);
+        } else {
+            assert_eq!(
+                before.positions[table], after.positions[table],
+                "{table} was rewritten although its rows did not change"
+            );
+        }
+    }
+    assert_eq!(
+        after.rows,
+        fresh_rows(&server, &tenant, &amended).await.rows
+    );
+    let (_, found) = server
+        .get(
+            &tenant,
+            "Observation?_id=a1c&status=amended&value-quantity=7.2",
+        )
+        .await;
+    assert_eq!(found["total"], 1, "{found}");
+    let (_, found) = server
+        .get(&tenant, "Observation?_id=a1c&status=final")
+        .await;
+    assert_eq!(found["total"], 0, "{found}");
+}
+
+#[tokio::test]
+async fn rows_of_unknown_state_are_replaced_whole() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    put(&server, &tenant, &observation("legacy", "final", 6.1)).await;
+    // Rows written before digests were kept carry none.
+    sqlx::query("UPDATE resources SET index_digests = NULL WHERE tenant = $1 AND id = 'legacy'")
+        .bind(&tenant)
+        .execute(server.db.admin_pool())
+        .await
+        .expect("forget digests");
+    let changed = observation("legacy", "final", 8.4);
+    put(&server, &tenant, &changed).await;
+    let rows = index_rows(&server, &tenant, "Observation", "legacy").await;
+    assert_eq!(rows.rows, fresh_rows(&server, &tenant, &changed).await.rows);
+    let (_, found) = server
+        .get(&tenant, "Observation?_id=legacy&value-quantity=6.1")
+        .await;
+    assert_eq!(found["total"], 0, "{found}");
+}
+
+#[tokio::test]
+async fn delete_and_recreate_restore_rows() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let resource = observation("gone", "final", 5.0);
+    put(&server, &tenant, &resource).await;
+    let (status, _) = server.delete(&tenant, "Observation/gone").await;
+    assert_eq!(status, 200);
+    let deleted = index_rows(&server, &tenant, "Observation", "gone").await;
+    assert!(
+        deleted.rows.values().all(Vec::is_empty),
+        "a deleted resource keeps index rows: {deleted:?}"
+    );
+    put(&server, &tenant, &resource).await;
+    let back = index_rows(&server, &tenant, "Observation", "gone").await;
+    assert_eq!(
+        back.rows,
+        fresh_rows(&server, &tenant, &resource).await.rows
+    );
+}
+
+#[tokio::test]
+async fn bulk_reload_of_changed_content_matches_fresh_rows() {
+    use infoctor_ehr_ops::load::{LoadOptions, NoProgress, load};
+    use std::io::Write;
+
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("Observation.ndjson");
+    let write = |resources: &[Value]| {
+        let mut file = std::fs::File::create(&path).expect("create file");
+        for resource in resources {
+            writeln!(file, "{resource}").expect("write line");
+        }
+    };
+    write(&[
+        observation("b1", "final", 7.0),
+        observation("b2", "final", 9.0),
+    ]);
+    let options = LoadOptions::default();
+    load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &options,
+        &NoProgress,
+    )
+    .await
+    .expect("first load");
+    let untouched = index_rows(&server, &tenant, "Observation", "b2").await;
+    let changed = observation("b1", "preliminary", 7.5);
+    write(&[changed.clone(), observation("b2", "final", 9.0)]);
+    let report = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &options,
+        &NoProgress,
+    )
+    .await
+    .expect("second load");
+    assert_eq!(report.per_type["Observation"].updated, 1);
+    let rows = index_rows(&server, &tenant, "Observation", "b1").await;
+    assert_eq!(rows.rows, fresh_rows(&server, &tenant, &changed).await.rows);
+    let again = index_rows(&server, &tenant, "Observation", "b2").await;
+    assert_eq!(untouched.positions, again.positions);
+}
