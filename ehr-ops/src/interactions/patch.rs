@@ -26,6 +26,11 @@ pub async fn patch(
             None,
         )
     })?;
+    // Without If-Match a patch applies to whatever version is current, so it
+    // waits for other writers of the key instead of failing on their commit.
+    if store::is_valid_id(id) {
+        store::lock_key(conn, resource_type, id).await?;
+    }
     let current = store::read(conn, resource_type, id).await?;
     let mut resource = store::parse_body(&current)?;
     json_patch::patch(&mut resource, &operations)

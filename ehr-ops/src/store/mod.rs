@@ -234,6 +234,21 @@ pub struct WriteOutcome {
     pub unchanged: bool,
 }
 
+/// Takes the transaction-scoped lock that every write of one resource key
+/// takes first. A caller that reads a resource to derive its next version
+/// (a patch) takes it before reading, so concurrent writers wait instead
+/// of conflicting. The lock is re-entrant within a transaction.
+pub async fn lock_key(conn: &mut PgConnection, resource_type: &str, id: &str) -> FhirResult<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(current_setting('infoctor.tenant') || '/' || $1 || '/' || $2, 0))",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 /// Writes one resource. `if_match` is the version the client expects to
 /// replace (from `If-Match: W/"n"`); a mismatch is `PreconditionFailed`.
 pub async fn write(
@@ -252,13 +267,7 @@ pub async fn write(
     } = prepared;
     // The row lock below cannot serialize two writers creating an id that
     // does not exist yet, so writes to one key take an advisory lock first.
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended(current_setting('infoctor.tenant') || '/' || $1 || '/' || $2, 0))",
-    )
-    .bind(&resource_type)
-    .bind(&id)
-    .execute(&mut *conn)
-    .await?;
+    lock_key(conn, &resource_type, &id).await?;
     type Current = (i64, bool, Option<Vec<u8>>, Option<Vec<i64>>);
     let current: Option<Current> = sqlx::query_as(
         "SELECT version_id, deleted, content_hash, index_digests FROM resources \
