@@ -6,7 +6,7 @@
 //!
 //! Each resource keeps one digest per index table of the rows its current
 //! version has there. A write compares them with the new rows' digests
-//! and rewrites only the tables that differ: an update that changes an
+//! and rewrites only the tables that differ. An update that changes an
 //! Observation's status touches its token rows and leaves its date,
 //! quantity and reference rows, and their GiST and B-tree entries, alone.
 

@@ -7,17 +7,9 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, server};
+use infoctor_ehr_ops::store::index::INDEX_TABLES as TABLES;
 
-const TABLES: [&str; 7] = [
-    "idx_string",
-    "idx_token",
-    "idx_date",
-    "idx_number",
-    "idx_quantity",
-    "idx_reference",
-    "idx_uri",
-];
+use crate::common::{TestServer, server};
 
 /// Index rows of one resource per table: each row's columns other than
 /// tenant and id as JSON text, sorted, and the rows' physical positions.

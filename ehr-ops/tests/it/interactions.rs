@@ -1524,6 +1524,7 @@ async fn concurrent_patches_all_apply() {
         )
         .await;
     assert_eq!(status, 201);
+
     let url = format!("{}/Patient/race-patch", server.base(&tenant));
     let requests = (0..8)
         .map(|n| {
@@ -1541,6 +1542,7 @@ async fn concurrent_patches_all_apply() {
     // runs, so none fails on another's commit.
     let statuses = concurrently(&server, requests).await;
     assert_eq!(statuses, [200; 8]);
+
     let (_, history) = server.get(&tenant, "Patient/race-patch/_history").await;
     assert!(
         history["total"].as_i64().expect("total") >= 2,
