@@ -78,7 +78,7 @@ fn sort_columns(request: &SearchRequest) -> Vec<SortColumn> {
         .iter()
         .filter(|key| key.code != "_id")
         .map(|key| {
-            let (expression, cast) = sql::sort_expression("r", &key.code, key.kind, key.descending);
+            let (expression, cast) = sql::sort_expression("r", key);
             SortColumn {
                 expression,
                 cast,

@@ -157,6 +157,9 @@ pub struct Filter {
     pub missing: Option<bool>,
     /// For a chained parameter: the target type and the filter on it.
     pub chain: Option<(String, Box<Filter>)>,
+    /// Codes of the index rows that contain the parameter's values (see
+    /// `SearchParamDef::row_codes`).
+    pub row_codes: Vec<String>,
 }
 
 /// One `_sort` key.
@@ -168,6 +171,8 @@ pub struct SortKey {
     pub kind: SearchParamType,
     /// Descending when `-` prefixed.
     pub descending: bool,
+    /// Codes of the index rows that contain the parameter's values.
+    pub row_codes: Vec<String>,
 }
 
 /// `_include` or `_revinclude`.
@@ -322,6 +327,14 @@ fn registry_param<'a>(resource_type: &str, code: &str) -> FhirResult<&'a SearchP
     })
 }
 
+/// Returns the codes of the index rows that contain a parameter's values: its own code,
+/// or for a union of other parameters, theirs.
+fn row_codes(resource_type: &str, code: &str) -> Vec<String> {
+    SearchParamRegistry::r4()
+        .get(resource_type, code)
+        .map_or_else(|| vec![code.to_owned()], |def| def.row_codes().to_vec())
+}
+
 fn param_kind(resource_type: &str, code: &str) -> FhirResult<SearchParamType> {
     match code {
         "_id" => Ok(SearchParamType::Token),
@@ -408,6 +421,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             values: Vec::new(),
             missing: None,
             chain: Some((target, Box::new(inner))),
+            row_codes: vec![code.to_owned()],
         });
     }
 
@@ -451,6 +465,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             values: Vec::new(),
             missing: Some(missing),
             chain: None,
+            row_codes: row_codes(resource_type, code),
         });
     }
     let values = split_values(value)
@@ -479,6 +494,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         values,
         missing: None,
         chain: None,
+        row_codes: row_codes(resource_type, code),
     })
 }
 
@@ -656,6 +672,7 @@ fn parse_sort(resource_type: &str, value: &str) -> FhirResult<Vec<SortKey>> {
             code: code.to_owned(),
             kind,
             descending,
+            row_codes: row_codes(resource_type, code),
         });
     }
     if keys.len() > 3 {

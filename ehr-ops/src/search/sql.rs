@@ -8,7 +8,7 @@
 use infoctor_fhir::search::SearchParamType;
 use sqlx::{Postgres, QueryBuilder};
 
-use super::params::{Filter, Modifier, Prefix, SearchValue};
+use super::params::{Filter, Modifier, Prefix, SearchValue, SortKey};
 use crate::store::index::truncate_indexed;
 
 /// Cuts a search value the way index rows are cut, so long values still match.
@@ -43,7 +43,7 @@ pub fn push_filters(qb: &mut QueryBuilder<Postgres>, alias: &str, filters: &[Fil
                 other
             })
             .collect();
-        open_exists(qb, alias, SearchParamType::Date, &filter.code);
+        open_exists(qb, alias, SearchParamType::Date, &filter.row_codes);
         for member in group {
             qb.push(" AND (");
             push_alternatives(qb, member);
@@ -94,8 +94,17 @@ pub fn push_from_and_filters(
         index_table(lead.kind)
     ));
     qb.push_bind(resource_type.to_owned());
-    qb.push(" AND i.code = ");
-    qb.push_bind(lead.code.clone());
+    qb.push(" AND ");
+    push_code_match(qb, &lead.row_codes);
+    if lead.kind == SearchParamType::Date {
+        // The GiST index over dates leads with this key, not with the text
+        // columns above (see migration 0008).
+        qb.push(" AND i.span_key = idx_date_key(current_setting('infoctor.tenant'), ");
+        qb.push_bind(resource_type.to_owned());
+        qb.push(", ");
+        qb.push_bind(lead.code.clone());
+        qb.push(")");
+    }
     for &n in &grouped {
         qb.push(" AND (");
         push_alternatives(qb, &filters[n]);
@@ -164,19 +173,37 @@ fn index_table(kind: SearchParamType) -> &'static str {
     }
 }
 
-/// Opens `EXISTS (SELECT 1 FROM <table> i WHERE <key join> AND i.code = $`.
-fn open_exists(qb: &mut QueryBuilder<Postgres>, alias: &str, kind: SearchParamType, code: &str) {
+/// Opens `EXISTS (SELECT 1 FROM <table> i WHERE <key join> AND <code match>`.
+fn open_exists(
+    qb: &mut QueryBuilder<Postgres>,
+    alias: &str,
+    kind: SearchParamType,
+    codes: &[String],
+) {
     qb.push(format!(
         "EXISTS (SELECT 1 FROM {} i WHERE i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type \
-         AND i.id = {alias}.id AND i.code = ",
+         AND i.id = {alias}.id AND ",
         index_table(kind)
     ));
-    qb.push_bind(code.to_owned());
+    push_code_match(qb, codes);
+}
+
+/// Pushes the condition that an index row `i` contains values of a parameter
+/// whose rows are stored under `codes`.
+fn push_code_match(qb: &mut QueryBuilder<Postgres>, codes: &[String]) {
+    if let [code] = codes {
+        qb.push("i.code = ");
+        qb.push_bind(code.clone());
+    } else {
+        qb.push("i.code = ANY(");
+        qb.push_bind(codes.to_vec());
+        qb.push(")");
+    }
 }
 
 fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
     if let Some((target, inner)) = &filter.chain {
-        push_chain(qb, alias, &filter.code, target, inner);
+        push_chain(qb, alias, &filter.row_codes, target, inner);
         return;
     }
     match filter.code.as_str() {
@@ -188,14 +215,14 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
         if missing {
             qb.push("NOT ");
         }
-        open_exists(qb, alias, filter.kind, &filter.code);
+        open_exists(qb, alias, filter.kind, &filter.row_codes);
         qb.push(")");
         return;
     }
     if filter.modifier == Modifier::Not {
         qb.push("NOT ");
     }
-    open_exists(qb, alias, filter.kind, &filter.code);
+    open_exists(qb, alias, filter.kind, &filter.row_codes);
     qb.push(" AND (");
     push_alternatives(qb, filter);
     qb.push("))");
@@ -245,11 +272,11 @@ fn push_last_updated(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filt
 fn push_chain(
     qb: &mut QueryBuilder<Postgres>,
     alias: &str,
-    code: &str,
+    codes: &[String],
     target: &str,
     inner: &Filter,
 ) {
-    open_exists(qb, alias, SearchParamType::Reference, code);
+    open_exists(qb, alias, SearchParamType::Reference, codes);
     qb.push(" AND i.target_type = ");
     qb.push_bind(target.to_owned());
     qb.push(
@@ -538,20 +565,22 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
 
 /// Builds the SQL expression giving a resource's sort value for a key, and the SQL
 /// type its cursor value is cast to.
-pub fn sort_expression(
-    alias: &str,
-    code: &str,
-    kind: SearchParamType,
-    descending: bool,
-) -> (String, &'static str) {
-    match code {
+pub fn sort_expression(alias: &str, key: &SortKey) -> (String, &'static str) {
+    let (kind, descending) = (key.kind, key.descending);
+    match key.code.as_str() {
         "_id" => return (format!("{alias}.id"), "text"),
         "_lastUpdated" => return (format!("{alias}.last_updated"), "timestamptz"),
         _ => {}
     }
+    let codes: Vec<String> = key
+        .row_codes
+        .iter()
+        .map(|code| format!("'{}'", code.replace('\'', "''")))
+        .collect();
     let key = format!(
-        "i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type AND i.id = {alias}.id AND i.code = '{}'",
-        code.replace('\'', "''")
+        "i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type AND i.id = {alias}.id \
+         AND i.code IN ({})",
+        codes.join(", ")
     );
     // Ascending sorts use the lowest value of a resource and descending sorts
     // the highest, so a resource with several values sorts by its extreme.

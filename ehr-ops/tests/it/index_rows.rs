@@ -203,3 +203,23 @@ async fn bulk_reload_of_changed_content_matches_fresh_rows() {
     let again = index_rows(&server, &tenant, "Observation", "b2").await;
     assert_eq!(untouched.positions, again.positions);
 }
+
+/// The migration that removes rows of parameters without rows of their own
+/// names every such parameter the registry knows.
+#[test]
+fn migration_removes_every_shared_parameter() {
+    let migration = include_str!("../../migrations/0009_shared_union_rows.sql");
+    let registry = infoctor_fhir::search::SearchParamRegistry::r4();
+    for resource_type in registry.resource_types() {
+        for def in registry.params_for(resource_type) {
+            if def.is_indexed() && !def.has_own_rows() {
+                assert!(
+                    migration.contains(&format!("'{resource_type}'"))
+                        && migration.contains(&format!("'{}'", def.code)),
+                    "{resource_type}.{} is missing from the migration",
+                    def.code
+                );
+            }
+        }
+    }
+}

@@ -274,6 +274,136 @@ async fn date_prefixes_on_periods() {
     }
 }
 
+/// A date search that selects its candidates by date reaches them through
+/// the GiST span index, as the application role under row-level security:
+/// the query names the index's leading key and its operators qualify as
+/// index conditions.
+#[tokio::test]
+async fn date_searches_use_the_span_index() {
+    use infoctor_ehr_ops::search::{params, sql};
+    let server = server().await;
+    let tenant = server.tenant().await;
+    // Index rows of encounters spread over eight years, so that a search of
+    // one day is selective enough for the planner to prefer the span index.
+    let mut admin = server.db.admin_pool().begin().await.expect("begin");
+    infoctor_ehr_ops::postgres::set_tenant(&mut admin, &tenant)
+        .await
+        .expect("tenant");
+    sqlx::query(
+        "INSERT INTO idx_date (tenant, resource_type, id, code, low, high) \
+         SELECT $1, 'Encounter', 'spread-' || n, 'date', day, day + interval '1 hour' \
+         FROM generate_series(1, 3000) AS n, \
+           LATERAL (SELECT timestamptz '2016-01-01' + n * interval '1 day') AS d(day)",
+    )
+    .bind(&tenant)
+    .execute(&mut *admin)
+    .await
+    .expect("insert rows");
+    admin.commit().await.expect("commit");
+    sqlx::query("ANALYZE idx_date")
+        .execute(server.db.admin_pool())
+        .await
+        .expect("analyze");
+    for value in ["2020-01-01", "ge2024-01-01", "lt2016-02-01", "sa2024-03-01"] {
+        let request =
+            params::parse("Encounter", &[("date".to_owned(), value.to_owned())]).expect("parse");
+        let mut query = sqlx::QueryBuilder::new("EXPLAIN SELECT r.id");
+        sql::push_from_and_filters(&mut query, "Encounter", &request.filters, false);
+        let mut tx = server.db.begin_tenant(&tenant).await.expect("begin");
+        sqlx::query("SET LOCAL enable_seqscan = off")
+            .execute(&mut *tx)
+            .await
+            .expect("set");
+        let plan: Vec<String> = query
+            .build_query_scalar()
+            .fetch_all(&mut *tx)
+            .await
+            .expect("explain");
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("idx_date_span") && plan.contains("span_key ="),
+            "date={value} does not use the span index:\n{plan}"
+        );
+    }
+}
+
+/// Query pairs and the names of the resources they should find.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+
+/// `combo-code` and `combo-value-quantity` unite the observation's own
+/// values with its components'. They keep no rows of their own, so every
+/// way of searching them must read both members' rows.
+#[tokio::test]
+async fn union_parameters_search_both_members() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let mut named = Named::new();
+    let loinc = |code: &str| json!({"coding": [{"system": "http://loinc.org", "code": code}]});
+    let quantity = |value: f64| json!({"value": value, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"});
+    let mut pressure = observation(loinc("85354-9"));
+    pressure["component"] = json!([
+        {"code": loinc("8480-6"), "valueQuantity": quantity(140.0)},
+        {"code": loinc("8462-4"), "valueQuantity": quantity(90.0)}
+    ]);
+    named.add(&server, &tenant, "pressure", pressure).await;
+    let mut glucose = observation(loinc("2339-0"));
+    glucose["valueQuantity"] = quantity(95.0);
+    named.add(&server, &tenant, "glucose", glucose).await;
+    named
+        .add(&server, &tenant, "bare", observation(loinc("8302-2")))
+        .await;
+    let cases: [Case; 10] = [
+        (&[("combo-code", "8480-6")], &["pressure"]),
+        (&[("combo-code", "85354-9")], &["pressure"]),
+        (
+            &[("combo-code", "http://loinc.org|2339-0,8462-4")],
+            &["glucose", "pressure"],
+        ),
+        (&[("combo-code:not", "8480-6")], &["bare", "glucose"]),
+        (
+            &[("combo-code", "8480-6"), ("code", "85354-9")],
+            &["pressure"],
+        ),
+        (&[("combo-value-quantity", "gt100")], &["pressure"]),
+        (
+            &[("combo-value-quantity", "lt100")],
+            &["glucose", "pressure"],
+        ),
+        (&[("combo-value-quantity:missing", "true")], &["bare"]),
+        (
+            &[("combo-value-quantity:missing", "false")],
+            &["glucose", "pressure"],
+        ),
+        (
+            &[("code", "2339-0"), ("combo-value-quantity", "95")],
+            &["glucose"],
+        ),
+    ];
+    for (pairs, expected) in cases {
+        named
+            .assert_search(&server, &tenant, "Observation", pairs, expected)
+            .await;
+    }
+    // Ascending by the lowest value of either member, descending by the highest.
+    for (sort, expected) in [
+        ("combo-value-quantity", ["pressure", "glucose"]),
+        ("-combo-value-quantity", ["pressure", "glucose"]),
+    ] {
+        let ids = match_ids(
+            &server,
+            &tenant,
+            "Observation",
+            &[("combo-value-quantity:missing", "false"), ("_sort", sort)],
+        )
+        .await;
+        let order: Vec<String> = ids
+            .iter()
+            .map(|id| named.names_of(std::slice::from_ref(id)).remove(0))
+            .collect();
+        assert_eq!(order, expected, "_sort={sort}");
+    }
+}
+
 #[tokio::test]
 async fn token_forms_and_not() {
     let server = server().await;

@@ -76,6 +76,10 @@ pub struct SearchParamDef {
     pub targets: Vec<String>,
     pub url: String,
     compiled: Option<Expression>,
+    /// Codes whose index rows contain this parameter's values: its own code, or
+    /// for a parameter whose expression is the union of other parameters'
+    /// expressions (`combo-code` is `code | component-code`), theirs.
+    row_codes: Vec<String>,
 }
 
 impl SearchParamDef {
@@ -84,7 +88,19 @@ impl SearchParamDef {
         self.compiled.as_ref()
     }
 
-    /// Returns true when [`extract`] produces index entries for this parameter.
+    /// Returns the codes of the index rows that contain this parameter's values.
+    /// A search on the parameter matches rows under any of them.
+    pub fn row_codes(&self) -> &[String] {
+        &self.row_codes
+    }
+
+    /// Returns true when [`extract`] writes rows under this parameter's own
+    /// code, and false when other parameters' rows contain its values.
+    pub fn has_own_rows(&self) -> bool {
+        self.is_indexed() && self.row_codes.len() == 1 && self.row_codes[0] == self.code
+    }
+
+    /// Returns true when searches on this parameter are served from index rows.
     pub fn is_indexed(&self) -> bool {
         self.compiled.is_some()
             && !matches!(
@@ -189,6 +205,7 @@ impl SearchParamRegistry {
                     all.extend(domain.iter().cloned());
                 }
                 all.extend(defs);
+                share_union_rows(&mut all);
                 (resource_type, all)
             })
             .collect();
@@ -251,6 +268,7 @@ fn build_def(resource_type: &str, raw: RawParameter) -> Result<SearchParamDef, R
         None => None,
     };
     Ok(SearchParamDef {
+        row_codes: vec![raw.code.clone()],
         code: raw.code,
         kind,
         expression: raw.expression,
@@ -258,6 +276,119 @@ fn build_def(resource_type: &str, raw: RawParameter) -> Result<SearchParamDef, R
         url: raw.url,
         compiled,
     })
+}
+
+/// Splits a FHIRPath expression into the members of its top-level union
+/// (`a | (b) | c`), each without enclosing parentheses.
+fn union_members(expression: &str) -> Vec<&str> {
+    let mut members = Vec::new();
+    let (mut depth, mut quoted, mut start) = (0i32, false, 0);
+    for (at, c) in expression.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth -= 1,
+            '|' if !quoted && depth == 0 => {
+                members.push(&expression[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    members.push(&expression[start..]);
+    members.into_iter().map(strip_parentheses).collect()
+}
+
+/// Removes parentheses that enclose a whole expression, repeatedly.
+fn strip_parentheses(expression: &str) -> &str {
+    let mut text = expression.trim();
+    while let Some(inner) = text.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
+        // `(a) | (b)` starts and ends with parentheses that do not match each other.
+        let mut depth = 0i32;
+        let balanced = inner.chars().all(|c| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            depth >= 0
+        });
+        if !balanced || depth != 0 {
+            break;
+        }
+        text = inner.trim();
+    }
+    text
+}
+
+/// Points each parameter whose expression is the union of other parameters'
+/// expressions at those parameters' rows, so the store writes each value
+/// once. Only kinds whose rows carry nothing but the code and the value
+/// take part: date rows are keyed by code in their span index, and
+/// reference rows drive includes and compartments by code.
+fn share_union_rows(defs: &mut [SearchParamDef]) {
+    let shareable = |def: &SearchParamDef| {
+        def.is_indexed()
+            && matches!(
+                def.kind,
+                SearchParamType::Token
+                    | SearchParamType::Quantity
+                    | SearchParamType::String
+                    | SearchParamType::Number
+                    | SearchParamType::Uri
+            )
+    };
+    let members: Vec<Vec<&str>> = defs
+        .iter()
+        .map(|def| {
+            let mut members = def
+                .expression
+                .as_deref()
+                .map(union_members)
+                .unwrap_or_default();
+            members.sort_unstable();
+            members.dedup();
+            members
+        })
+        .collect();
+    let mut assigned: Vec<Option<Vec<String>>> = vec![None; defs.len()];
+    // Parameters with fewer members are settled first, so a covering
+    // parameter is known to keep its own rows when it is chosen.
+    let mut order: Vec<usize> = (0..defs.len()).collect();
+    order.sort_by_key(|&n| members[n].len());
+    for &n in &order {
+        if !shareable(&defs[n]) || members[n].len() < 2 {
+            continue;
+        }
+        let mut covering: Vec<usize> = (0..defs.len())
+            .filter(|&m| {
+                m != n
+                    && shareable(&defs[m])
+                    && defs[m].kind == defs[n].kind
+                    && assigned[m].is_none()
+                    && !members[m].is_empty()
+                    && members[m].len() < members[n].len()
+                    && members[m].iter().all(|member| members[n].contains(member))
+            })
+            .collect();
+        covering.sort_by_key(|&m| std::cmp::Reverse(members[m].len()));
+        let mut covered: Vec<&str> = Vec::new();
+        let mut codes = Vec::new();
+        for m in covering {
+            if members[m].iter().any(|member| !covered.contains(member)) {
+                covered.extend(members[m].iter().copied());
+                codes.push(defs[m].code.clone());
+            }
+        }
+        if members[n].iter().all(|member| covered.contains(member)) {
+            assigned[n] = Some(codes);
+        }
+    }
+    for (def, codes) in defs.iter_mut().zip(assigned) {
+        if let Some(codes) = codes {
+            def.row_codes = codes;
+        }
+    }
 }
 
 /// One row of the search index.
@@ -337,7 +468,7 @@ pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
     let mut entries: Vec<IndexEntry> = Vec::new();
     let mut values = Vec::new();
     for def in registry.params_for(resource_type) {
-        if !def.is_indexed() {
+        if !def.has_own_rows() {
             continue;
         }
         let Some(expression) = def.compiled() else {

@@ -549,3 +549,104 @@ fn extraction_throughput() {
         resources.len()
     );
 }
+
+#[test]
+fn union_parameters_share_their_members_rows() {
+    let registry = SearchParamRegistry::r4();
+    let rows = |resource_type: &str, code: &str| -> Vec<String> {
+        registry
+            .get(resource_type, code)
+            .map(|p| p.row_codes().to_vec())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        rows("Observation", "combo-code"),
+        ["code", "component-code"]
+    );
+    let mut quantity = rows("Observation", "combo-value-quantity");
+    quantity.sort();
+    assert_eq!(quantity, ["component-value-quantity", "value-quantity"]);
+    assert_eq!(rows("Observation", "code"), ["code"]);
+    // Dates and references keep their own rows even where their
+    // expressions overlap.
+    assert_eq!(rows("Observation", "patient"), ["patient"]);
+    assert_eq!(rows("Observation", "date"), ["date"]);
+    assert!(
+        !registry
+            .get("Observation", "combo-code")
+            .is_some_and(|p| p.has_own_rows())
+    );
+    let mut listed = Vec::new();
+    for resource_type in registry.resource_types() {
+        for def in registry.params_for(resource_type) {
+            if def.is_indexed() && !def.has_own_rows() {
+                listed.push(format!(
+                    "{resource_type}.{} -> {:?}",
+                    def.code,
+                    def.row_codes()
+                ));
+                // Every code that holds rows for another parameter has rows of its own.
+                for code in def.row_codes() {
+                    assert!(
+                        registry
+                            .get(resource_type, code)
+                            .is_some_and(|p| p.has_own_rows() && p.kind == def.kind),
+                        "{resource_type}.{} -> {code}",
+                        def.code
+                    );
+                }
+            }
+        }
+    }
+    listed.sort();
+    println!("{}", listed.join("\n"));
+}
+
+#[test]
+fn shared_rows_hold_the_same_values() {
+    // A union parameter's own extraction equals the values its row codes hold.
+    let observation = serde_json::json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "valueQuantity": {"value": 7.2, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"},
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+             "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+             "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "260385009"}]}}
+        ]
+    });
+    let registry = SearchParamRegistry::r4();
+    let entries = extract(&observation).expect("extract");
+    for def in registry.params_for("Observation") {
+        if !def.is_indexed() || def.has_own_rows() {
+            continue;
+        }
+        assert!(entries.iter().all(|e| e.code != def.code), "{}", def.code);
+        let own: std::collections::BTreeSet<String> = def
+            .compiled()
+            .expect("expression")
+            .evaluate(&observation)
+            .expect("evaluate")
+            .iter()
+            .flat_map(|item| {
+                let mut out = Vec::new();
+                convert::convert(def, item, &mut out).expect("convert");
+                out
+            })
+            .map(|value| format!("{value:?}"))
+            .collect();
+        let shared: std::collections::BTreeSet<String> = entries
+            .iter()
+            .filter(|e| def.row_codes().iter().any(|code| code == e.code))
+            .map(|e| format!("{:?}", e.value))
+            .collect();
+        assert_eq!(own, shared, "{}", def.code);
+        assert!(
+            !own.is_empty() || def.code.contains("absent"),
+            "{}",
+            def.code
+        );
+    }
+}
