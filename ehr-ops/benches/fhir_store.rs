@@ -27,6 +27,10 @@ use infoctor_ehr_ops::postgres::{Database, DatabaseConfig};
 use infoctor_ehr_ops::tenants;
 use serde_json::Value;
 
+// The same allocator as the `infoctor` command, so the load runs as it does there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SEARCH_ROUNDS: usize = 200;
 
 fn data_dir() -> PathBuf {

@@ -11,6 +11,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+// mimalloc replaces the C library's allocator because parsing, validating
+// and indexing resources allocates many small values on several threads. A
+// perf profile of a bulk load with the C library's allocator put about half
+// of the loader's own CPU samples in malloc and free.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Infoctor: an open clinical intelligence platform with an embedded EHR.
 #[derive(Debug, Parser)]
 #[command(name = "infoctor", version, about)]
