@@ -9,7 +9,7 @@ use infoctor_fhir::search::SearchParamType;
 use sqlx::{Postgres, QueryBuilder};
 
 use super::params::{Filter, Modifier, Prefix, SearchValue, SortKey};
-use crate::store::index::truncate_indexed;
+use crate::store::index::{MAX_INDEXED_BYTES, truncate_indexed};
 
 /// Cuts a search value the way index rows are cut, so long values still match.
 fn cut(text: &str) -> String {
@@ -467,6 +467,25 @@ fn push_number_compare(
 }
 
 /// Escapes LIKE wildcards so user text matches literally.
+/// Pushes the default string match: the stored value starts with `prefix`.
+fn push_prefix(qb: &mut QueryBuilder<Postgres>, prefix: &str) {
+    // A cut value keeps at least its first MAX_INDEXED_BYTES - 3 bytes, so a
+    // prefix that short is decided by the cut text alone.
+    let mut short = MAX_INDEXED_BYTES - 3;
+    if prefix.len() <= short {
+        qb.push("i.value_norm LIKE ");
+        qb.push_bind(format!("{}%", like_escape(prefix)));
+        return;
+    }
+    while !prefix.is_char_boundary(short) {
+        short -= 1;
+    }
+    qb.push("i.value_norm LIKE ");
+    qb.push_bind(format!("{}%", like_escape(&prefix[..short])));
+    qb.push(" AND COALESCE(i.whole_norm, i.value_norm) LIKE ");
+    qb.push_bind(format!("{}%", like_escape(prefix)));
+}
+
 fn like_escape(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('%', "\\%")
@@ -476,18 +495,25 @@ fn like_escape(text: &str) -> String {
 fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &SearchValue) {
     match value {
         SearchValue::String { normalized, exact } => match modifier {
+            // The B-tree finds rows by the cut text and the whole text
+            // decides, for rows whose value was cut.
             Modifier::Exact => {
                 qb.push("i.value_exact = ");
                 qb.push_bind(cut(exact));
+                qb.push(" AND COALESCE(i.whole_exact, i.value_exact) = ");
+                qb.push_bind(exact.clone());
             }
+            // Text past the cut is only in the whole value, which has its
+            // own trigram index.
             Modifier::Contains => {
-                qb.push("i.value_norm LIKE ");
-                qb.push_bind(format!("%{}%", like_escape(&cut(normalized))));
+                let pattern = format!("%{}%", like_escape(normalized));
+                qb.push("(i.value_norm LIKE ");
+                qb.push_bind(pattern.clone());
+                qb.push(" OR i.whole_norm LIKE ");
+                qb.push_bind(pattern);
+                qb.push(")");
             }
-            _ => {
-                qb.push("i.value_norm LIKE ");
-                qb.push_bind(format!("{}%", like_escape(&cut(normalized))));
-            }
+            _ => push_prefix(qb, normalized),
         },
         SearchValue::Token { system, code } => {
             let mut first = true;

@@ -15,10 +15,15 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
-/// Maximum text stored in an index row, in bytes. PostgreSQL's B-tree rows
-/// cannot exceed about 2.7 kB, so longer values are cut at a character
-/// boundary, and searches cut their values the same way.
-// NOTE: two values that agree on their first 1,024 bytes match each other.
+/// Maximum text in an indexed column of an index row, in bytes.
+/// PostgreSQL's B-tree rows cannot exceed about 2.7 kB, so longer values
+/// are cut at a character boundary, and searches cut their values the same
+/// way. String rows also keep a longer value whole in a column outside the
+/// B-tree indexes, which searches check, so `:exact`, `:contains` and
+/// prefixes compare whole strings.
+// NOTE: token, URI and reference values over this size are compared by
+// their first 1,024 bytes only, so two such values that agree there match
+// each other.
 pub const MAX_INDEXED_BYTES: usize = 1024;
 
 /// Cuts `text` to at most [`MAX_INDEXED_BYTES`] at a character boundary.
@@ -39,6 +44,11 @@ fn cut(text: &str) -> String {
 
 fn cut_optional(text: &Option<String>) -> Option<String> {
     text.as_deref().map(cut)
+}
+
+/// Returns the whole text when [`truncate_indexed`] would cut it.
+fn whole_if_cut(text: &str) -> Option<String> {
+    (text.len() > MAX_INDEXED_BYTES).then(|| text.to_owned())
 }
 
 /// The key of one resource whose index rows are written.
@@ -86,6 +96,10 @@ enum Row {
     String {
         normalized: String,
         exact: String,
+        /// The whole normalized text, only when `normalized` is cut.
+        whole_normalized: Option<String>,
+        /// The whole text as written, only when `exact` is cut.
+        whole_exact: Option<String>,
     },
     Token {
         system: Option<String>,
@@ -125,6 +139,8 @@ impl Row {
             IndexValue::String { normalized, exact } => Row::String {
                 normalized: cut(normalized),
                 exact: cut(exact),
+                whole_normalized: whole_if_cut(normalized),
+                whole_exact: whole_if_cut(exact),
             },
             // A token with neither system nor code (a CodeableConcept's bare
             // text) can match no token search, so it is not stored.
@@ -223,9 +239,16 @@ impl Row {
         }
         text(hasher, code);
         match self {
-            Row::String { normalized, exact } => {
+            Row::String {
+                normalized,
+                exact,
+                whole_normalized,
+                whole_exact,
+            } => {
                 text(hasher, normalized);
                 text(hasher, exact);
+                optional(hasher, whole_normalized);
+                optional(hasher, whole_exact);
             }
             Row::Token { system, value } => {
                 optional(hasher, system);
@@ -367,7 +390,7 @@ pub fn plan(stored: Option<&[i64]>, new: &Digests) -> IndexPlan {
 
 #[derive(Default)]
 struct Rows {
-    string: (Columns, Texts, Texts),
+    string: (Columns, Texts, Texts, OptionalTexts, OptionalTexts),
     token: (Columns, OptionalTexts, OptionalTexts),
     date: (Columns, Instants, Instants),
     number: (Columns, Decimals, Decimals, Decimals),
@@ -390,10 +413,17 @@ struct QuantityRows {
 impl Rows {
     fn add(&mut self, key: ResourceKey<'_>, code: &str, row: Row) {
         match row {
-            Row::String { normalized, exact } => {
+            Row::String {
+                normalized,
+                exact,
+                whole_normalized,
+                whole_exact,
+            } => {
                 self.string.0.push(key, code);
                 self.string.1.push(normalized);
                 self.string.2.push(exact);
+                self.string.3.push(whole_normalized);
+                self.string.4.push(whole_exact);
             }
             Row::Token { system, value } => {
                 self.token.0.push(key, code);
@@ -508,16 +538,20 @@ pub async fn insert(
     const WITH_TENANT: &str =
         "WITH t AS MATERIALIZED (SELECT current_setting('infoctor.tenant') AS tenant) ";
     if !rows.string.0.id.is_empty() {
-        let (c, norm, exact) = &rows.string;
+        let (c, norm, exact, whole_norm, whole_exact) = &rows.string;
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{WITH_TENANT}INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact) \
-             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u"
+            "{WITH_TENANT}INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact, \
+               whole_norm, whole_exact) \
+             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+               $6::text[], $7::text[]) AS u"
         )))
         .bind(&c.resource_type)
         .bind(&c.id)
         .bind(&c.code)
         .bind(norm)
         .bind(exact)
+        .bind(whole_norm)
+        .bind(whole_exact)
         .execute(&mut *conn)
         .await?;
     }
@@ -710,14 +744,24 @@ mod tests {
     fn long_values_digest_as_stored() {
         let long = "x".repeat(MAX_INDEXED_BYTES + 10);
         let longer = "x".repeat(MAX_INDEXED_BYTES + 20);
-        let entry = |text: &str| IndexEntry {
+        let string = |text: &str| IndexEntry {
             code: "name",
             value: IndexValue::String {
                 normalized: text.to_owned(),
                 exact: text.to_owned(),
             },
         };
-        // Both cut to the same stored text, so the stored rows are equal.
-        assert_eq!(digests(&[entry(&long)]), digests(&[entry(&longer)]));
+        let token = |text: &str| IndexEntry {
+            code: "code",
+            value: IndexValue::Token {
+                system: None,
+                code: Some(text.to_owned()),
+                display: None,
+            },
+        };
+        // String rows keep long values whole, so the stored rows differ.
+        assert_ne!(digests(&[string(&long)]), digests(&[string(&longer)]));
+        // Token values are cut to the same stored text, so the rows are equal.
+        assert_eq!(digests(&[token(&long)]), digests(&[token(&longer)]));
     }
 }
