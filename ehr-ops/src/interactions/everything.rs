@@ -68,7 +68,9 @@ pub async fn everything(
         .flat_map(|resource_type| {
             infoctor_fhir::search::compartment_params(resource_type)
                 .iter()
-                .map(move |code| (resource_type.clone(), code.clone()))
+                .filter_map(move |code| {
+                    compartment_rows(resource_type, code).map(|code| (resource_type.clone(), code))
+                })
         })
         .unzip();
     let mut keys: Vec<(String, String)> = sqlx::query_as(
@@ -154,4 +156,19 @@ pub async fn everything(
         );
     }
     bundle.into_response()
+}
+
+/// Returns the code of the index rows that contain a compartment
+/// parameter's references to patients. A parameter with a typed base finds
+/// them in its base parameter's rows, and has none when its type is not
+/// Patient.
+fn compartment_rows(resource_type: &str, code: &str) -> Option<String> {
+    match infoctor_fhir::search::SearchParamRegistry::r4()
+        .get(resource_type, code)
+        .and_then(|def| def.typed_base())
+    {
+        Some((base, "Patient")) => Some(base.to_owned()),
+        Some(_) => None,
+        None => Some(code.to_owned()),
+    }
 }

@@ -303,6 +303,19 @@ fn push_keyset(
     qb.push(")");
 }
 
+/// Returns the code of the rows that contain an include parameter's
+/// relative references, and the target type those rows must have. A
+/// parameter with a typed base gives its base and type, any other gives
+/// itself and no type.
+fn relative_rows(include: &params::Include) -> (&str, Option<&str>) {
+    infoctor_fhir::search::SearchParamRegistry::r4()
+        .get(&include.source_type, &include.code)
+        .and_then(|def| def.typed_base())
+        .map_or((include.code.as_str(), None), |(base, target)| {
+            (base, Some(target))
+        })
+}
+
 async fn add_includes(
     conn: &mut PgConnection,
     request: &SearchRequest,
@@ -317,17 +330,20 @@ async fn add_includes(
         if include.source_type != request.resource_type {
             continue;
         }
+        let (code, typed) = relative_rows(include);
         let targets: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT target_type, target_id FROM idx_reference \
              WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND code = $2 \
                AND id = ANY($3) AND target_type IS NOT NULL AND target_id IS NOT NULL \
-               AND ($4::text IS NULL OR target_type = $4) LIMIT $5",
+               AND ($4::text IS NULL OR target_type = $4) \
+               AND ($6::text IS NULL OR target_type = $6) LIMIT $5",
         )
         .bind(&include.source_type)
-        .bind(&include.code)
+        .bind(code)
         .bind(&match_ids)
         .bind(&include.target_type)
         .bind(MAX_INCLUDED as i64 + 1)
+        .bind(typed)
         .fetch_all(&mut *conn)
         .await?;
         wanted.extend(targets);
@@ -340,13 +356,17 @@ async fn add_includes(
         {
             continue;
         }
+        let (code, typed) = relative_rows(include);
+        if typed.is_some_and(|typed| typed != request.resource_type) {
+            continue;
+        }
         let sources: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT resource_type, id FROM idx_reference \
              WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND code = $2 \
                AND target_type = $3 AND target_id = ANY($4) LIMIT $5",
         )
         .bind(&include.source_type)
-        .bind(&include.code)
+        .bind(code)
         .bind(&request.resource_type)
         .bind(&match_ids)
         .bind(MAX_INCLUDED as i64 + 1)

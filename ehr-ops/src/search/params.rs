@@ -160,6 +160,10 @@ pub struct Filter {
     /// Codes of the index rows that contain the parameter's values (see
     /// `SearchParamDef::row_codes`).
     pub row_codes: Vec<String>,
+    /// For a reference parameter on another one restricted to a target type
+    /// (see `SearchParamDef::typed_base`): the base code and the type. The base
+    /// rows with that type contain this parameter's relative references.
+    pub typed_base: Option<(String, String)>,
 }
 
 /// One `_sort` key.
@@ -335,6 +339,15 @@ fn row_codes(resource_type: &str, code: &str) -> Vec<String> {
         .map_or_else(|| vec![code.to_owned()], |def| def.row_codes().to_vec())
 }
 
+/// Returns the base parameter and target type whose rows contain a
+/// reference parameter's relative references, if it has one.
+fn typed_base(resource_type: &str, code: &str) -> Option<(String, String)> {
+    SearchParamRegistry::r4()
+        .get(resource_type, code)
+        .and_then(|def| def.typed_base())
+        .map(|(base, target)| (base.to_owned(), target.to_owned()))
+}
+
 fn param_kind(resource_type: &str, code: &str) -> FhirResult<SearchParamType> {
     match code {
         "_id" => Ok(SearchParamType::Token),
@@ -422,6 +435,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             missing: None,
             chain: Some((target, Box::new(inner))),
             row_codes: vec![code.to_owned()],
+            typed_base: typed_base(resource_type, code),
         });
     }
 
@@ -466,6 +480,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             missing: Some(missing),
             chain: None,
             row_codes: row_codes(resource_type, code),
+            typed_base: typed_base(resource_type, code),
         });
     }
     let values = split_values(value)
@@ -495,6 +510,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         missing: None,
         chain: None,
         row_codes: row_codes(resource_type, code),
+        typed_base: typed_base(resource_type, code),
     })
 }
 

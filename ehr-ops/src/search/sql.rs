@@ -43,7 +43,7 @@ pub fn push_filters(qb: &mut QueryBuilder<Postgres>, alias: &str, filters: &[Fil
                 other
             })
             .collect();
-        open_exists(qb, alias, SearchParamType::Date, &filter.row_codes);
+        open_exists(qb, alias, filter);
         for member in group {
             qb.push(" AND (");
             push_alternatives(qb, member);
@@ -95,7 +95,7 @@ pub fn push_from_and_filters(
     ));
     qb.push_bind(resource_type.to_owned());
     qb.push(" AND ");
-    push_code_match(qb, &lead.row_codes);
+    push_code_match(qb, lead);
     if lead.kind == SearchParamType::Date {
         // The GiST index over dates leads with this key, not with the text
         // columns above (see migration 0008).
@@ -174,36 +174,47 @@ fn index_table(kind: SearchParamType) -> &'static str {
 }
 
 /// Opens `EXISTS (SELECT 1 FROM <table> i WHERE <key join> AND <code match>`.
-fn open_exists(
-    qb: &mut QueryBuilder<Postgres>,
-    alias: &str,
-    kind: SearchParamType,
-    codes: &[String],
-) {
+fn open_exists(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
+    let kind = if filter.chain.is_some() {
+        SearchParamType::Reference
+    } else {
+        filter.kind
+    };
     qb.push(format!(
         "EXISTS (SELECT 1 FROM {} i WHERE i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type \
          AND i.id = {alias}.id AND ",
         index_table(kind)
     ));
-    push_code_match(qb, codes);
+    push_code_match(qb, filter);
 }
 
-/// Pushes the condition that an index row `i` contains values of a parameter
-/// whose rows are stored under `codes`.
-fn push_code_match(qb: &mut QueryBuilder<Postgres>, codes: &[String]) {
-    if let [code] = codes {
+/// Pushes the condition that an index row `i` contains values of the
+/// filter's parameter: rows under its row codes, and for a parameter with a
+/// typed base, the base parameter's rows that point to that type.
+fn push_code_match(qb: &mut QueryBuilder<Postgres>, filter: &Filter) {
+    if filter.typed_base.is_some() {
+        qb.push("(");
+    }
+    if let [code] = filter.row_codes.as_slice() {
         qb.push("i.code = ");
         qb.push_bind(code.clone());
     } else {
         qb.push("i.code = ANY(");
-        qb.push_bind(codes.to_vec());
+        qb.push_bind(filter.row_codes.clone());
         qb.push(")");
+    }
+    if let Some((base, target)) = &filter.typed_base {
+        qb.push(" OR (i.code = ");
+        qb.push_bind(base.clone());
+        qb.push(" AND i.target_type = ");
+        qb.push_bind(target.clone());
+        qb.push("))");
     }
 }
 
 fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
     if let Some((target, inner)) = &filter.chain {
-        push_chain(qb, alias, &filter.row_codes, target, inner);
+        push_chain(qb, alias, filter, target, inner);
         return;
     }
     match filter.code.as_str() {
@@ -215,14 +226,14 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
         if missing {
             qb.push("NOT ");
         }
-        open_exists(qb, alias, filter.kind, &filter.row_codes);
+        open_exists(qb, alias, filter);
         qb.push(")");
         return;
     }
     if filter.modifier == Modifier::Not {
         qb.push("NOT ");
     }
-    open_exists(qb, alias, filter.kind, &filter.row_codes);
+    open_exists(qb, alias, filter);
     qb.push(" AND (");
     push_alternatives(qb, filter);
     qb.push("))");
@@ -272,11 +283,11 @@ fn push_last_updated(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filt
 fn push_chain(
     qb: &mut QueryBuilder<Postgres>,
     alias: &str,
-    codes: &[String],
+    filter: &Filter,
     target: &str,
     inner: &Filter,
 ) {
-    open_exists(qb, alias, SearchParamType::Reference, codes);
+    open_exists(qb, alias, filter);
     qb.push(" AND i.target_type = ");
     qb.push_bind(target.to_owned());
     qb.push(

@@ -223,3 +223,28 @@ fn migration_removes_every_shared_parameter() {
         }
     }
 }
+
+/// The migration that removes relative reference rows of parameters with a
+/// typed base names every such parameter the registry knows, and no other.
+#[test]
+fn migration_removes_every_typed_reference() {
+    let migration = include_str!("../../migrations/0011_typed_reference_rows.sql");
+    let registry = infoctor_fhir::search::SearchParamRegistry::r4();
+    let mut expected = Vec::new();
+    for resource_type in registry.resource_types() {
+        for def in registry.params_for(resource_type) {
+            if def.typed_base().is_some() {
+                expected.push(format!("('{resource_type}', '{}')", def.code));
+            }
+        }
+    }
+    expected.sort();
+    let mut listed: Vec<String> = migration
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("('"))
+        .map(|line| line.trim_end_matches(',').to_owned())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, expected);
+}

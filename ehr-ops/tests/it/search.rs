@@ -368,6 +368,144 @@ async fn long_strings_compare_whole() {
     }
 }
 
+/// `patient` is `subject` restricted to patients and keeps rows of its own
+/// only for references that are not `Type/id`. Searches, `:missing`,
+/// chains, includes and `$everything` must find both kinds.
+#[tokio::test]
+async fn typed_references_find_both_kinds() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let mut named = Named::new();
+    let ann = named
+        .add(
+            &server,
+            &tenant,
+            "ann",
+            patient("Ordonez", Some("1970-05-01")),
+        )
+        .await;
+    let group = create_id(
+        &server,
+        &tenant,
+        &json!({"resourceType": "Group", "type": "person", "actual": true}),
+    )
+    .await;
+    let about = |subject: Value| {
+        let mut body = observation(json!({"text": "typed reference test"}));
+        body["subject"] = subject;
+        body
+    };
+    let absolute = "http://other.example/fhir/Patient/far";
+    named
+        .add(
+            &server,
+            &tenant,
+            "relative",
+            about(json!({"reference": format!("Patient/{ann}")})),
+        )
+        .await;
+    named
+        .add(
+            &server,
+            &tenant,
+            "absolute",
+            about(json!({"reference": absolute})),
+        )
+        .await;
+    named
+        .add(
+            &server,
+            &tenant,
+            "group",
+            about(json!({"reference": format!("Group/{group}")})),
+        )
+        .await;
+    named
+        .add(
+            &server,
+            &tenant,
+            "none",
+            observation(json!({"text": "no subject"})),
+        )
+        .await;
+    let ann_ref = format!("Patient/{ann}");
+    let cases: [Case; 7] = [
+        (&[("patient", &ann)], &["relative"]),
+        (&[("patient", &ann_ref)], &["relative"]),
+        (&[("patient", absolute)], &["absolute"]),
+        (&[("patient:missing", "false")], &["absolute", "relative"]),
+        (&[("patient:missing", "true")], &["group", "none"]),
+        (&[("patient.birthdate", "1970-05-01")], &["relative"]),
+        (
+            &[("subject:missing", "false")],
+            &["absolute", "group", "relative"],
+        ),
+    ];
+    for (pairs, expected) in cases {
+        named
+            .assert_search(&server, &tenant, "Observation", pairs, expected)
+            .await;
+    }
+
+    let (status, bundle) = search(
+        &server,
+        &tenant,
+        "Observation",
+        &[("patient", &ann), ("_include", "Observation:patient")],
+    )
+    .await;
+    assert_eq!(status, 200, "{bundle}");
+    let included = crate::common::entry_ids(&bundle, "include");
+    assert_eq!(
+        included,
+        std::slice::from_ref(&ann_ref),
+        "_include=Observation:patient"
+    );
+
+    let (status, bundle) = search(
+        &server,
+        &tenant,
+        "Patient",
+        &[("_id", &ann), ("_revinclude", "Observation:patient")],
+    )
+    .await;
+    assert_eq!(status, 200, "{bundle}");
+    let included = crate::common::entry_ids(&bundle, "include");
+    assert_eq!(
+        included.len(),
+        1,
+        "_revinclude=Observation:patient: {included:?}"
+    );
+    assert_eq!(
+        named.names_of(&[included[0]
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()]),
+        ["relative"]
+    );
+
+    // Condition enters the Patient compartment through `patient`, which
+    // reads the `subject` rows.
+    let condition = create_id(
+        &server,
+        &tenant,
+        &json!({"resourceType": "Condition", "subject": {"reference": ann_ref}}),
+    )
+    .await;
+    let (status, everything) = server
+        .get(&tenant, &format!("Patient/{ann}/$everything"))
+        .await;
+    assert_eq!(status, 200, "{everything}");
+    let found = crate::common::entry_ids(&everything, "match");
+    assert_eq!(found.len(), 3, "$everything: {found:?}");
+    assert!(found.contains(&ann_ref), "$everything: {found:?}");
+    assert!(
+        found.contains(&format!("Condition/{condition}")),
+        "$everything: {found:?}"
+    );
+}
+
 /// Query pairs and the names of the resources they should find.
 type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
 

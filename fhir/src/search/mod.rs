@@ -80,6 +80,9 @@ pub struct SearchParamDef {
     /// for a parameter whose expression is the union of other parameters'
     /// expressions (`combo-code` is `code | component-code`), theirs.
     row_codes: Vec<String>,
+    /// For a reference parameter `X.where(resolve() is T)` beside a
+    /// parameter on `X`: that parameter's code and T.
+    typed_base: Option<(String, String)>,
 }
 
 impl SearchParamDef {
@@ -92,6 +95,18 @@ impl SearchParamDef {
     /// A search on the parameter matches rows under any of them.
     pub fn row_codes(&self) -> &[String] {
         &self.row_codes
+    }
+
+    /// Returns, for a reference parameter whose expression is another
+    /// reference parameter's expression followed by `.where(resolve() is T)`
+    /// (Observation's `patient` on `subject`), that parameter's code and T.
+    /// Its relative references (`T/id`) are then the base parameter's rows
+    /// whose target type is T, and [`extract`] writes rows under its own code
+    /// only for its other references (absolute URLs, contained resources).
+    pub fn typed_base(&self) -> Option<(&str, &str)> {
+        self.typed_base
+            .as_ref()
+            .map(|(code, target)| (code.as_str(), target.as_str()))
     }
 
     /// Returns true when [`extract`] writes rows under this parameter's own
@@ -206,6 +221,7 @@ impl SearchParamRegistry {
                 }
                 all.extend(defs);
                 share_union_rows(&mut all);
+                find_typed_bases(&mut all);
                 (resource_type, all)
             })
             .collect();
@@ -269,6 +285,7 @@ fn build_def(resource_type: &str, raw: RawParameter) -> Result<SearchParamDef, R
     };
     Ok(SearchParamDef {
         row_codes: vec![raw.code.clone()],
+        typed_base: None,
         code: raw.code,
         kind,
         expression: raw.expression,
@@ -276,6 +293,44 @@ fn build_def(resource_type: &str, raw: RawParameter) -> Result<SearchParamDef, R
         url: raw.url,
         compiled,
     })
+}
+
+/// Finds the reference parameters that restrict another reference
+/// parameter of the same type to one target type (see
+/// [`SearchParamDef::typed_base`]).
+fn find_typed_bases(defs: &mut [SearchParamDef]) {
+    let is_reference = |def: &SearchParamDef| {
+        def.kind == SearchParamType::Reference && def.has_own_rows() && def.expression.is_some()
+    };
+    let mut found = Vec::new();
+    for (n, def) in defs.iter().enumerate() {
+        if !is_reference(def) {
+            continue;
+        }
+        let Some(expression) = def.expression.as_deref() else {
+            continue;
+        };
+        let Some((base, target)) = expression
+            .strip_suffix(')')
+            .and_then(|rest| rest.rsplit_once(".where(resolve() is "))
+        else {
+            continue;
+        };
+        let single = union_members(base).len() == 1;
+        let target_is_name = !target.is_empty() && target.chars().all(|c| c.is_ascii_alphabetic());
+        if !single || !target_is_name {
+            continue;
+        }
+        if let Some(base_def) = defs
+            .iter()
+            .find(|other| is_reference(other) && other.expression.as_deref() == Some(base))
+        {
+            found.push((n, base_def.code.clone(), target.to_owned()));
+        }
+    }
+    for (n, base, target) in found {
+        defs[n].typed_base = Some((base, target));
+    }
 }
 
 /// Splits a FHIRPath expression into the members of its top-level union
@@ -483,6 +538,18 @@ pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
         values.clear();
         for item in &items {
             convert::convert(def, item, &mut values)?;
+        }
+        if def.typed_base.is_some() {
+            // Relative references are the base parameter's rows.
+            values.retain(|value| {
+                !matches!(
+                    value,
+                    IndexValue::Reference {
+                        target_id: Some(_),
+                        ..
+                    }
+                )
+            });
         }
         for value in values.drain(..) {
             let entry = IndexEntry {

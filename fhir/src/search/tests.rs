@@ -266,8 +266,9 @@ fn observation_code_value_subject() {
             unit: Some("mg/dL".into()),
         }]
     );
-    let patient = reference("Patient", "768be7ac-743f-4c24-aa0f-fed5a3a38b6a");
-    assert_eq!(entries_for(observation, "patient"), [patient]);
+    // `patient` is `subject` restricted to Patient, so the subject row
+    // serves both and `patient` keeps no row of its own for it.
+    assert_eq!(entries_for(observation, "patient"), []);
     let subject = entries_for(observation, "subject");
     assert!(
         matches!(&subject[..], [IndexValue::Reference { target_id: Some(id), .. }] if id == "768be7ac-743f-4c24-aa0f-fed5a3a38b6a")
@@ -296,9 +297,10 @@ fn condition_onset_from_datetime() {
         }]
     );
     assert_eq!(
-        entries_for(condition, "patient"),
+        entries_for(condition, "subject"),
         [reference("Patient", "768be7ac-743f-4c24-aa0f-fed5a3a38b6a")]
     );
+    assert_eq!(entries_for(condition, "patient"), []);
     let clinical = entries_for(condition, "clinical-status");
     assert!(matches!(&clinical[..], [IndexValue::Token { code: Some(c), .. }] if c == "active"));
 }
@@ -314,9 +316,10 @@ fn encounter_date_from_period() {
             high: instant("1953-07-22T18:00:54.999Z"),
         }]
     );
-    let practitioner = entries_for(encounter, "practitioner");
+    assert_eq!(entries_for(encounter, "practitioner"), []);
+    let participant = entries_for(encounter, "participant");
     assert_eq!(
-        practitioner,
+        participant,
         [reference(
             "Practitioner",
             "34ef92a2-f1a5-4324-b274-4ccf96f9f2d1"
@@ -648,5 +651,82 @@ fn shared_rows_hold_the_same_values() {
             "{}",
             def.code
         );
+    }
+}
+
+#[test]
+fn typed_references_use_base_rows() {
+    let registry = SearchParamRegistry::r4();
+    let typed = |resource_type: &str, code: &str| {
+        registry
+            .get(resource_type, code)
+            .and_then(|p| p.typed_base())
+            .map(|(base, target)| (base.to_owned(), target.to_owned()))
+    };
+    assert_eq!(
+        typed("Observation", "patient"),
+        Some(("subject".to_owned(), "Patient".to_owned()))
+    );
+    assert_eq!(
+        typed("Encounter", "practitioner"),
+        Some(("participant".to_owned(), "Practitioner".to_owned()))
+    );
+    assert_eq!(typed("Observation", "subject"), None);
+    assert_eq!(typed("Claim", "patient"), None);
+
+    // Every kind of reference: relative to the target type, relative to
+    // another type, absolute to the target type, contained.
+    let observation = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "contained": [{"resourceType": "Patient", "id": "inner"}],
+        "subject": {"reference": "Patient/p1"},
+        "performer": [
+            {"reference": "Practitioner/d1"},
+            {"reference": "Patient/p2/_history/3"}
+        ]
+    });
+    let others = [
+        json!({"reference": "Group/g1"}),
+        json!({"reference": "http://other.example/fhir/Patient/p3"}),
+        json!({"reference": "#inner"}),
+    ];
+    for subject in std::iter::once(observation["subject"].clone()).chain(others) {
+        let mut resource = observation.clone();
+        resource["subject"] = subject.clone();
+        let entries = extract(&resource).expect("extract");
+        for def in registry.params_for("Observation") {
+            let Some((base, target)) = def.typed_base() else {
+                continue;
+            };
+            let whole: std::collections::BTreeSet<String> = def
+                .compiled()
+                .expect("expression")
+                .evaluate(&resource)
+                .expect("evaluate")
+                .iter()
+                .flat_map(|item| {
+                    let mut out = Vec::new();
+                    convert::convert(def, item, &mut out).expect("convert");
+                    out
+                })
+                .map(|value| format!("{value:?}"))
+                .collect();
+            let stored: std::collections::BTreeSet<String> = entries
+                .iter()
+                .filter(|e| {
+                    e.code == def.code
+                        || (e.code == base
+                            && matches!(&e.value, IndexValue::Reference {
+                                target_type: Some(t),
+                                target_id: Some(_),
+                                ..
+                            } if t == target))
+                })
+                .map(|e| format!("{:?}", e.value))
+                .collect();
+            assert_eq!(whole, stored, "{} with subject {subject}", def.code);
+        }
     }
 }
