@@ -64,6 +64,14 @@ const WRITERS: usize = 3;
 /// Writes after which a load refreshes the planner statistics.
 const ANALYZE_AFTER_WRITES: usize = 10_000;
 
+/// Resources written between refreshes of the `resources` statistics while
+/// a load runs. Autovacuum checks a table a minute or more apart, so a
+/// type's rows arrive while the statistics still show none of them. With
+/// such statistics the planner answered each batch's lookup of existing
+/// versions by reading every row of the type instead of probing the
+/// primary key.
+const ANALYZE_EVERY: u64 = 10_000;
+
 /// Settings of a load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -279,12 +287,19 @@ pub async fn load(
     // every core while the next batch is prepared. Resources are routed to
     // a writer by a hash of their key, so every occurrence of one resource
     // goes through the same writer, in file order.
+    let resources_written = std::sync::atomic::AtomicU64::new(0);
     let mut senders = Vec::with_capacity(WRITERS);
     let mut writers = Vec::with_capacity(WRITERS);
     for _ in 0..WRITERS {
         let (sender, receiver) = mpsc::channel::<Vec<PreparedResource>>(2);
         senders.push(sender);
-        writers.push(write_all(db, tenant, receiver, progress));
+        writers.push(write_all(
+            db,
+            tenant,
+            receiver,
+            progress,
+            &resources_written,
+        ));
     }
     let skipped = std::sync::Mutex::new(BTreeMap::<String, usize>::new());
     let dispatch = async {
@@ -394,6 +409,7 @@ async fn write_all(
     tenant: &str,
     mut receiver: mpsc::Receiver<Vec<PreparedResource>>,
     progress: &dyn Progress,
+    resources_written: &std::sync::atomic::AtomicU64,
 ) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
     let mut totals: BTreeMap<String, bulk::BatchCounts> = BTreeMap::new();
     while let Some(batch) = receiver.recv().await {
@@ -417,6 +433,13 @@ async fn write_all(
             total.unchanged += counts.unchanged;
         }
         progress.advance(count, 0);
+        let before = resources_written.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        if before / ANALYZE_EVERY != (before + count) / ANALYZE_EVERY {
+            // ANALYZE needs the table owner, which the application role is not.
+            sqlx::query("ANALYZE resources")
+                .execute(db.admin_pool())
+                .await?;
+        }
     }
     Ok(totals)
 }
