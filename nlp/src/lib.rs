@@ -37,6 +37,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 mod bert;
+mod blas;
 pub mod context;
 pub mod dictionary;
 pub mod embed;
