@@ -634,7 +634,7 @@ pub fn sort_expression(alias: &str, key: &SortKey) -> (String, &'static str) {
         }
         SearchParamType::String => (
             format!(
-                "COALESCE((SELECT {aggregate}(i.value_norm) FROM idx_string i WHERE {key}), '')"
+                "COALESCE((SELECT {aggregate}(COALESCE(i.whole_norm, i.value_norm)) FROM idx_string i WHERE {key}), '')"
             ),
             "text",
         ),

@@ -283,6 +283,7 @@ async fn date_searches_use_the_span_index() {
     use infoctor_ehr_ops::search::{params, sql};
     let server = server().await;
     let tenant = server.tenant().await;
+
     // Index rows of encounters spread over eight years, so that a search of
     // one day is selective enough for the planner to prefer the span index.
     let mut admin = server.db.admin_pool().begin().await.expect("begin");
@@ -304,6 +305,7 @@ async fn date_searches_use_the_span_index() {
         .execute(server.db.admin_pool())
         .await
         .expect("analyze");
+
     for value in ["2020-01-01", "ge2024-01-01", "lt2016-02-01", "sa2024-03-01"] {
         let request =
             params::parse("Encounter", &[("date".to_owned(), value.to_owned())]).expect("parse");
@@ -321,8 +323,12 @@ async fn date_searches_use_the_span_index() {
             .expect("explain");
         let plan = plan.join("\n");
         assert!(
-            plan.contains("idx_date_span") && plan.contains("span_key ="),
+            plan.contains("idx_date_span"),
             "date={value} does not use the span index:\n{plan}"
+        );
+        assert!(
+            plan.contains("span_key ="),
+            "date={value} does not bound the span index's key:\n{plan}"
         );
     }
 }
@@ -365,6 +371,35 @@ async fn long_strings_compare_whole() {
         named
             .assert_search(&server, &tenant, "Patient", &[(name, value)], expected)
             .await;
+    }
+
+    // Sorting reads the whole names too. These two agree on their first
+    // 1,100 bytes and their ids sort the other way round, so a sort on the
+    // cut text would order them by id.
+    let long = "A".repeat(1100);
+    for (id, tail) in [("z-alpha", "Alpha"), ("a-beta", "Beta")] {
+        let mut body = patient(&format!("{long}{tail}"), None);
+        body["id"] = json!(id);
+        let (status, created) = server.put(&tenant, &format!("Patient/{id}"), &body).await;
+        assert_eq!(status, 201, "{created}");
+    }
+    for (sort, expected) in [
+        ("family", ["z-alpha", "a-beta"]),
+        ("-family", ["a-beta", "z-alpha"]),
+    ] {
+        let (status, bundle) = search(
+            &server,
+            &tenant,
+            "Patient",
+            &[("family", "aaaa"), ("_sort", sort)],
+        )
+        .await;
+        assert_eq!(status, 200, "_sort={sort}: {bundle}");
+        let order: Vec<String> = crate::common::entry_ids(&bundle, "match")
+            .iter()
+            .map(|key| key.rsplit('/').next().unwrap_or(key).to_owned())
+            .collect();
+        assert_eq!(order, expected, "_sort={sort}");
     }
 }
 
@@ -517,6 +552,7 @@ async fn union_parameters_search_both_members() {
     let server = server().await;
     let tenant = server.tenant().await;
     let mut named = Named::new();
+
     let loinc = |code: &str| json!({"coding": [{"system": "http://loinc.org", "code": code}]});
     let quantity = |value: f64| json!({"value": value, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"});
     let mut pressure = observation(loinc("85354-9"));
@@ -531,6 +567,7 @@ async fn union_parameters_search_both_members() {
     named
         .add(&server, &tenant, "bare", observation(loinc("8302-2")))
         .await;
+
     let cases: [Case; 10] = [
         (&[("combo-code", "8480-6")], &["pressure"]),
         (&[("combo-code", "85354-9")], &["pressure"]),
@@ -563,6 +600,7 @@ async fn union_parameters_search_both_members() {
             .assert_search(&server, &tenant, "Observation", pairs, expected)
             .await;
     }
+
     // Ascending by the lowest value of either member, descending by the highest.
     for (sort, expected) in [
         ("combo-value-quantity", ["pressure", "glucose"]),
