@@ -67,7 +67,7 @@ const ANALYZE_AFTER_WRITES: usize = 10_000;
 /// Resources written between refreshes of the `resources` statistics while
 /// a load runs. Autovacuum checks a table a minute or more apart, so a
 /// type's rows arrive while the statistics still show none of them. With
-/// such statistics the planner answered each batch's lookup of existing
+/// such statistics the planner ran each batch's lookup of existing
 /// versions by reading every row of the type instead of probing the
 /// primary key.
 const ANALYZE_EVERY: u64 = 10_000;

@@ -205,7 +205,7 @@ async fn bulk_reload_of_changed_content_matches_fresh_rows() {
 }
 
 /// The migration that removes rows of parameters without rows of their own
-/// names every such parameter the registry knows.
+/// names every such parameter in the registry.
 #[test]
 fn migration_removes_every_shared_parameter() {
     let migration = include_str!("../../migrations/0009_shared_union_rows.sql");
@@ -225,7 +225,7 @@ fn migration_removes_every_shared_parameter() {
 }
 
 /// The migration that removes relative reference rows of parameters with a
-/// typed base names every such parameter the registry knows, and no other.
+/// typed base names every such parameter in the registry, and no other.
 #[test]
 fn migration_removes_every_typed_reference() {
     let migration = include_str!("../../migrations/0011_typed_reference_rows.sql");
