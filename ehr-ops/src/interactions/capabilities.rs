@@ -135,7 +135,7 @@ pub fn capability_statement(base: &str, operations: &[OperationCapability]) -> F
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Search supports the prefixes eq, ne, lt, gt, le, ge, sa and eb on date, number and quantity parameters; the modifiers :missing, :exact, :contains (string), :not (token) and :[type] (reference); one level of chaining; _sort on date, string, token, number and quantity parameters; _include and _revinclude (no wildcard); _count up to 1000; _summary=count and _summary=false; _total=none. Unknown parameters are rejected with 400.",
+            "documentation": "Search supports the prefixes eq, ne, lt, gt, le, ge, sa, eb and ap on date, number and quantity parameters (ap matches numbers within 10% of the value, or within its precision where that is wider, and dates that overlap the date widened by 10% of the time between it and now); the modifiers :missing, :exact, :contains (string), :not (token) and :[type] (reference); one level of chaining; _sort on date, string, token, number and quantity parameters; _include and _revinclude (no wildcard); _count up to 1000; _summary=count and _summary=false; _total=none. Unknown parameters are rejected with 400.",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}],
             "searchParam": [

@@ -5,9 +5,10 @@
 //! parameter, rather than silently ignored, so a client never mistakes a
 //! partial filter for a full one.
 
+use chrono::{DateTime, TimeDelta, Utc};
 use infoctor_fhir::datetime::DateRange;
 use infoctor_fhir::model::Model;
-use infoctor_fhir::search::{SearchParamDef, SearchParamRegistry, SearchParamType};
+use infoctor_fhir::search::{ImplicitRange, SearchParamDef, SearchParamRegistry, SearchParamType};
 use rust_decimal::Decimal;
 
 use crate::error::{FhirError, FhirResult};
@@ -42,6 +43,8 @@ pub enum Prefix {
     Sa,
     /// Ends before.
     Eb,
+    /// Approximately: see [`NumberValue::approximate`] and [`approximate_dates`].
+    Ap,
 }
 
 /// Splits a known prefix off a value.
@@ -55,6 +58,7 @@ fn split_prefix(value: &str) -> (Prefix, &str) {
         ("ge", Prefix::Ge),
         ("sa", Prefix::Sa),
         ("eb", Prefix::Eb),
+        ("ap", Prefix::Ap),
     ];
     for (text, prefix) in prefixes {
         if let Some(rest) = value.strip_prefix(text)
@@ -102,7 +106,8 @@ pub enum SearchValue {
     Uri(String),
 }
 
-/// A number and the range its significant digits imply (`100` means 99.5 to 100.5).
+/// A number and the range its significant digits imply (`100` means 99.5 to 100.5,
+/// `1.0e2` means 95 to 105; see [`ImplicitRange`]).
 #[derive(Debug, Clone, Copy)]
 pub struct NumberValue {
     /// The number.
@@ -115,14 +120,39 @@ pub struct NumberValue {
 
 impl NumberValue {
     fn parse(text: &str) -> Option<NumberValue> {
-        let value: Decimal = text.parse().ok()?;
-        let half = Decimal::new(5, value.scale() + 1);
-        Some(NumberValue {
-            value,
-            low: value - half,
-            high: value + half,
-        })
+        let ImplicitRange { value, low, high } = ImplicitRange::parse(text).ok()?;
+        Some(NumberValue { value, low, high })
     }
+
+    /// Returns the inclusive range that `ap` matches: the value plus or minus 10% of it,
+    /// the approximation the FHIR R4 search page recommends. Where the implicit range is
+    /// wider, it is used instead, so `ap` matches at least what `eq` matches: `ap100` is
+    /// 90 to 110, `ap0` is -0.5 to 0.5 and `ap1e2` is 50 to 150.
+    pub fn approximate(&self) -> (Decimal, Decimal) {
+        let tenth = self.value.abs() / Decimal::TEN;
+        let low = self.value.checked_sub(tenth).unwrap_or(Decimal::MIN);
+        let high = self.value.checked_add(tenth).unwrap_or(Decimal::MAX);
+        (low.min(self.low), high.max(self.high))
+    }
+}
+
+/// Returns the range that stored dates must overlap to match `ap`: the date's own range,
+/// widened on each side by 10% of the time between it and `now`, as the FHIR R4 search page
+/// recommends. A date whose range contains `now` is not widened.
+pub fn approximate_dates(range: &DateRange, now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let gap = if now < range.low {
+        range.low - now
+    } else if now > range.high {
+        now - range.high
+    } else {
+        TimeDelta::zero()
+    };
+    let margin = gap / 10;
+    // Search dates lie in years 0001 to 9999, so with a clock near them the widened range
+    // stays far inside chrono's years (up to 262,143) and the fallbacks are not taken.
+    let low = range.low.checked_sub_signed(margin).unwrap_or(range.low);
+    let high = range.high.checked_add_signed(margin).unwrap_or(range.high);
+    (low, high)
 }
 
 /// Modifiers this server implements.
@@ -781,6 +811,9 @@ mod tests {
         assert_eq!(split_prefix("ge2020").0, Prefix::Ge);
         assert_eq!(split_prefix("2020").0, Prefix::Eq);
         assert_eq!(split_prefix("eb2020-01").0, Prefix::Eb);
+        assert_eq!(split_prefix("ap100"), (Prefix::Ap, "100"));
+        assert_eq!(split_prefix("ap-1.5"), (Prefix::Ap, "-1.5"));
+        assert_eq!(split_prefix("apple").0, Prefix::Eq);
     }
 
     #[test]
@@ -808,5 +841,53 @@ mod tests {
         assert_eq!(number.high, "100.5".parse::<Decimal>().unwrap());
         let number = NumberValue::parse("1.50").unwrap();
         assert_eq!(number.low, "1.495".parse::<Decimal>().unwrap());
+        let number = NumberValue::parse("1e2").unwrap();
+        assert_eq!(number.low, Decimal::from(50));
+        assert_eq!(number.high, Decimal::from(150));
+        let number = NumberValue::parse("1.0e2").unwrap();
+        assert_eq!(number.low, Decimal::from(95));
+        assert_eq!(number.high, Decimal::from(105));
+    }
+
+    #[test]
+    fn number_approximation() {
+        let cases = [
+            ("100", "90", "110"),
+            ("-100", "-110", "-90"),
+            ("0", "-0.5", "0.5"),
+            ("1e2", "50", "150"),
+            ("0.50", "0.45", "0.55"),
+        ];
+        for (text, low, high) in cases {
+            let (found_low, found_high) = NumberValue::parse(text).unwrap().approximate();
+            assert_eq!(found_low, low.parse::<Decimal>().unwrap(), "ap{text}");
+            assert_eq!(found_high, high.parse::<Decimal>().unwrap(), "ap{text}");
+        }
+    }
+
+    #[test]
+    fn date_approximation() {
+        let instant = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let now = instant("2030-01-01T00:00:00Z");
+        let day = DateRange::parse("2020-01-01").unwrap();
+        let (low, high) = approximate_dates(&day, now);
+        // The day ends 3,652 days before now, so the margin is 365.2 days.
+        let margin = (now - day.high) / 10;
+        assert_eq!(low, day.low - margin);
+        assert_eq!(high, day.high + margin);
+        assert!(margin > TimeDelta::days(365));
+        assert!(margin < TimeDelta::days(366));
+        let future = DateRange::parse("2040-01-01").unwrap();
+        let (low, _) = approximate_dates(&future, now);
+        assert_eq!(low, future.low - (future.low - now) / 10);
+        let current = DateRange::parse("2030").unwrap();
+        assert_eq!(
+            approximate_dates(&current, now),
+            (current.low, current.high)
+        );
     }
 }

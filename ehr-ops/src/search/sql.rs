@@ -8,7 +8,7 @@
 use infoctor_fhir::search::SearchParamType;
 use sqlx::{Postgres, QueryBuilder};
 
-use super::params::{Filter, Modifier, Prefix, SearchValue, SortKey};
+use super::params::{Filter, Modifier, Prefix, SearchValue, SortKey, approximate_dates};
 use crate::store::index::{MAX_INDEXED_BYTES, truncate_indexed};
 
 /// Cuts a search value the way index rows are cut, so long values still match.
@@ -274,7 +274,8 @@ fn push_last_updated(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filt
             qb.push(" OR ");
         }
         if let SearchValue::Date(prefix, range) = value {
-            push_range_compare(qb, &column, &column, *prefix, range.low, range.high);
+            let (low, high) = date_bounds(*prefix, range);
+            push_range_compare(qb, &column, &column, *prefix, low, high);
         }
     }
     qb.push(")");
@@ -298,8 +299,24 @@ fn push_chain(
     qb.push("))");
 }
 
+/// Returns the range a date search value is compared with: its own range, or for
+/// `ap` the approximation around it as of now.
+fn date_bounds(
+    prefix: Prefix,
+    range: &infoctor_fhir::datetime::DateRange,
+) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    if prefix == Prefix::Ap {
+        // NOTE: the approximation moves with the clock, so successive pages of
+        // one `ap` date search can include or drop rows near its edges.
+        approximate_dates(range, chrono::Utc::now())
+    } else {
+        (range.low, range.high)
+    }
+}
+
 /// Date range comparison per the FHIR search rules: the stored value is the
-/// range `[low_column, high_column]`, the search value `[low, high]`.
+/// range `[low_column, high_column]`, the search value `[low, high]` (for `ap`,
+/// the approximation range, which the stored range must overlap).
 fn push_range_compare<T>(
     qb: &mut QueryBuilder<Postgres>,
     low_column: &str,
@@ -366,13 +383,21 @@ fn push_range_compare<T>(
             qb.push(format!("{high_column} < "));
             qb.push_bind(low.clone());
         }
+        Prefix::Ap => {
+            qb.push(format!("({low_column} <= "));
+            qb.push_bind(high.clone());
+            qb.push(format!(" AND {high_column} >= "));
+            qb.push_bind(low.clone());
+            qb.push(")");
+        }
     }
 }
 
 /// Date comparison on `idx_date` rows in terms of range operators the GiST
 /// index supports (`<@` contained, `&&` overlaps, `>>` and `<<` strictly
 /// after and before). `ge` and `le` add the spec's exact rule as a filter
-/// after the indexed necessary condition.
+/// after the indexed necessary condition. For `ap`, `[low, high]` is the
+/// approximation range, which the stored range must overlap.
 fn push_date_range(
     qb: &mut QueryBuilder<Postgres>,
     prefix: Prefix,
@@ -437,11 +462,16 @@ fn push_date_range(
             qb.push(format!("{STORED} << "));
             push_search_range(qb);
         }
+        Prefix::Ap => {
+            qb.push(format!("{STORED} && "));
+            push_search_range(qb);
+        }
     }
 }
 
 /// Number comparison: `eq` matches values inside the search value's implicit
-/// range; the ordering prefixes compare with the exact value.
+/// range, `ap` values inside its approximation range, and the ordering
+/// prefixes compare with the exact value.
 fn push_number_compare(
     qb: &mut QueryBuilder<Postgres>,
     prefix: Prefix,
@@ -473,6 +503,14 @@ fn push_number_compare(
         Prefix::Le => {
             qb.push("i.value <= ");
             qb.push_bind(number.value);
+        }
+        Prefix::Ap => {
+            let (low, high) = number.approximate();
+            qb.push("(i.value >= ");
+            qb.push_bind(low);
+            qb.push(" AND i.value <= ");
+            qb.push_bind(high);
+            qb.push(")");
         }
     }
 }
@@ -550,7 +588,10 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
                 }
             }
         }
-        SearchValue::Date(prefix, range) => push_date_range(qb, *prefix, range.low, range.high),
+        SearchValue::Date(prefix, range) => {
+            let (low, high) = date_bounds(*prefix, range);
+            push_date_range(qb, *prefix, low, high);
+        }
         SearchValue::Number(prefix, number) => push_number_compare(qb, *prefix, number),
         SearchValue::Quantity(prefix, number, system, unit) => {
             push_number_compare(qb, *prefix, number);

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use infoctor_ehr_ops::store::index::INDEX_TABLES as TABLES;
+use infoctor_ehr_ops::store::index::{INDEX_TABLES as TABLES, truncate_indexed};
 
 use crate::common::{TestServer, server};
+use crate::interactions::match_ids;
 
 /// Index rows of one resource per table: each row's columns other than
 /// tenant and id as JSON text, sorted, and the rows' physical positions.
@@ -247,4 +248,153 @@ fn migration_removes_every_typed_reference() {
         .collect();
     listed.sort();
     assert_eq!(listed, expected);
+}
+
+const CASE_FOLDING_MIGRATION: &str = include_str!("../../migrations/0012_full_case_folding.sql");
+
+/// Returns the letters and foldings that the case folding migration lists.
+fn listed_case_folds() -> BTreeMap<char, String> {
+    let mut folds = BTreeMap::new();
+    for line in CASE_FOLDING_MIGRATION.lines().map(str::trim) {
+        if !line.starts_with("('") {
+            continue;
+        }
+        let parts: Vec<&str> = line.split('\'').collect();
+        let mut letters = parts[1].chars();
+        let letter = letters.next().expect("a letter");
+        assert_eq!(letters.next(), None, "one letter per line: {line}");
+        folds.insert(letter, parts[3].to_owned());
+    }
+    folds
+}
+
+/// Normalizes text the way strings were indexed before full case folding: NFD
+/// without combining marks, lowercase, with whitespace trimmed and collapsed.
+fn lowercase_normalization(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    use unicode_normalization::char::is_combining_mark;
+    let lowered: String = text
+        .nfd()
+        .filter(|c| !is_combining_mark(*c))
+        .flat_map(char::to_lowercase)
+        .collect();
+    lowered.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The case folding migration lists exactly the letters whose folding differs
+/// from the lowercase form, so rewriting those letters turns every value
+/// indexed before into the value indexed now.
+#[test]
+fn migration_folds_every_changed_letter() {
+    let folds = listed_case_folds();
+    for (letter, folded) in &folds {
+        assert_eq!(
+            &infoctor_fhir::search::normalize_string(&letter.to_string()),
+            folded,
+            "U+{:04X}",
+            u32::from(*letter)
+        );
+        assert_ne!(&letter.to_string(), folded, "U+{:04X}", u32::from(*letter));
+    }
+    for code_point in 0..=u32::from(char::MAX) {
+        let Some(c) = char::from_u32(code_point) else {
+            continue;
+        };
+        let text = c.to_string();
+        let rewritten: String = lowercase_normalization(&text)
+            .chars()
+            .map(|letter| {
+                folds
+                    .get(&letter)
+                    .cloned()
+                    .unwrap_or_else(|| letter.to_string())
+            })
+            .collect();
+        assert_eq!(
+            rewritten,
+            infoctor_fhir::search::normalize_string(&text),
+            "U+{code_point:04X}"
+        );
+    }
+}
+
+/// Replaces the normalized values of a resource's string rows with the
+/// lowercase normalization that was indexed before full case folding.
+async fn write_lowercase_rows(server: &TestServer, tenant: &str, resource_type: &str, id: &str) {
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT ctid::text, value_exact, whole_exact FROM idx_string \
+         WHERE tenant = $1 AND resource_type = $2 AND id = $3",
+    )
+    .bind(tenant)
+    .bind(resource_type)
+    .bind(id)
+    .fetch_all(server.db.admin_pool())
+    .await
+    .expect("read string rows");
+    assert!(!rows.is_empty(), "{resource_type}/{id} has no string rows");
+    for (position, exact, whole_exact) in rows {
+        let old = lowercase_normalization(whole_exact.as_deref().unwrap_or(&exact));
+        let cut = truncate_indexed(&old).to_owned();
+        let whole = (cut.len() < old.len()).then_some(old);
+        sqlx::query("UPDATE idx_string SET value_norm = $1, whole_norm = $2 WHERE ctid = $3::tid")
+            .bind(cut)
+            .bind(whole)
+            .bind(position)
+            .execute(server.db.admin_pool())
+            .await
+            .expect("write lowercase row");
+    }
+}
+
+/// Values indexed before full case folding are rewritten by the migration to
+/// the rows the store writes now, including values past the cut of indexed
+/// text, whose length folding changes.
+#[tokio::test]
+async fn case_folding_migration_rewrites_old_rows() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let long_family = "ß".repeat(600);
+    let patient = json!({
+        "resourceType": "Patient",
+        "id": "folded",
+        "name": [
+            {"family": "Straße", "given": ["Σωκράτης"]},
+            {"family": long_family}
+        ]
+    });
+    let (status, body) = server.put(&tenant, "Patient/folded", &patient).await;
+    assert_eq!(status, 201, "{body}");
+    let current = index_rows(&server, &tenant, "Patient", "folded").await;
+
+    write_lowercase_rows(&server, &tenant, "Patient", "folded").await;
+    let old = index_rows(&server, &tenant, "Patient", "folded").await;
+    assert_ne!(old.rows["idx_string"], current.rows["idx_string"]);
+    let long_search = "ss".repeat(600);
+    for (name, value) in [
+        ("family", "strasse"),
+        ("given", "σωκρατησ"),
+        ("family", long_search.as_str()),
+    ] {
+        let found = match_ids(&server, &tenant, "Patient", &[(name, value)]).await;
+        assert!(found.is_empty(), "{name}={value} before the migration");
+    }
+
+    let mut transaction = server.db.admin_pool().begin().await.expect("begin");
+    sqlx::raw_sql(CASE_FOLDING_MIGRATION)
+        .execute(&mut *transaction)
+        .await
+        .expect("run the case folding migration");
+    transaction.commit().await.expect("commit");
+
+    let migrated = index_rows(&server, &tenant, "Patient", "folded").await;
+    assert_eq!(migrated.rows, current.rows);
+    for (name, value) in [
+        ("family", "STRASSE"),
+        ("family", "straße"),
+        ("given", "ΣΩΚΡΑΤΗΣ"),
+        ("family", long_search.as_str()),
+    ] {
+        let found = match_ids(&server, &tenant, "Patient", &[(name, value)]).await;
+        assert_eq!(found, ["folded"], "{name}={value} after the migration");
+    }
 }

@@ -1,7 +1,8 @@
 //! Search: `_id`, `_lastUpdated`, date ranges with every prefix on dateTime
 //! and Period values, tokens, strings, references and chains, `:missing`,
-//! numbers and quantities, keyset paging under concurrent inserts, `_sort`,
-//! `_include`/`_revinclude`, and the rejected queries.
+//! numbers and quantities with their precision and `ap`, keyset paging under
+//! concurrent inserts, `_sort`, `_include`/`_revinclude`, and the rejected
+//! queries.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -955,6 +956,240 @@ async fn numbers_and_quantities_compare() {
     assert_eq!(status, 400, "{outcome}");
 }
 
+/// Creates an Observation whose `valueQuantity` has the value as written.
+async fn add_quantity(named: &mut Named, server: &TestServer, tenant: &str, value: &str) {
+    let mut body = observation(json!({"text": "quantity"}));
+    body["valueQuantity"] = serde_json::from_str(&format!(r#"{{"value": {value}, "unit": "mg"}}"#))
+        .expect("test quantity");
+    named.add(server, tenant, value, body).await;
+}
+
+/// `ap` matches numbers within 10% of the value (never less than its precision)
+/// and dates within 10% of the time between the date and now.
+#[tokio::test]
+async fn approximate_prefix_matches_nearby_values() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let mut named = Named::new();
+    for value in ["89", "91", "100", "109", "111", "-100"] {
+        add_quantity(&mut named, &server, &tenant, value).await;
+    }
+    let cases: [(&str, &[&str]); 5] = [
+        ("ap100", &["91", "100", "109"]),
+        ("ap100||mg", &["91", "100", "109"]),
+        ("ap100||g", &[]),
+        ("ap-100", &["-100"]),
+        ("ap1e2", &["89", "91", "100", "109", "111"]),
+    ];
+    for (value, expected) in cases {
+        named
+            .assert_search(
+                &server,
+                &tenant,
+                "Observation",
+                &[("value-quantity", value)],
+                expected,
+            )
+            .await;
+    }
+
+    for (name, probability) in [
+        ("p0.44", "0.44"),
+        ("p0.46", "0.46"),
+        ("p0.54", "0.54"),
+        ("p0.56", "0.56"),
+    ] {
+        let body: Value = serde_json::from_str(&format!(
+            r#"{{"resourceType": "RiskAssessment", "status": "final",
+                "subject": {{"reference": "Patient/p"}},
+                "prediction": [{{"probabilityDecimal": {probability}}}]}}"#
+        ))
+        .expect("test body");
+        named.add(&server, &tenant, name, body).await;
+    }
+    named
+        .assert_search(
+            &server,
+            &tenant,
+            "RiskAssessment",
+            &[("probability", "ap0.5")],
+            &["p0.46", "p0.54"],
+        )
+        .await;
+
+    // From 2010 on, 2000-01-01 is ten years or more before now, so it is
+    // widened by at least a year on each side, and by less than ten years
+    // until 2100.
+    for (name, effective) in [
+        ("1990", "1990-01-01"),
+        ("1999-03", "1999-03-15T08:00:00Z"),
+        ("2000", "2000-01-01"),
+        ("2000-10", "2000-10-20"),
+        ("2010", "2010-01-01T00:00:00Z"),
+    ] {
+        named
+            .add(&server, &tenant, name, observation_at(effective))
+            .await;
+    }
+    named
+        .assert_search(
+            &server,
+            &tenant,
+            "Observation",
+            &[("date", "ap2000-01-01")],
+            &["1999-03", "2000", "2000-10"],
+        )
+        .await;
+    // The current year contains now, so `ap` on it matches what it contains.
+    let year = chrono::Utc::now().format("%Y").to_string();
+    let recent = match_ids(
+        &server,
+        &tenant,
+        "Observation",
+        &[("_lastUpdated", &format!("ap{year}"))],
+    )
+    .await;
+    assert_eq!(recent.len(), 11, "_lastUpdated=ap{year}");
+    let old = match_ids(
+        &server,
+        &tenant,
+        "Observation",
+        &[("_lastUpdated", "ap2000-01-01")],
+    )
+    .await;
+    assert!(old.is_empty(), "_lastUpdated=ap2000-01-01: {old:?}");
+}
+
+/// A number written with an exponent has the precision of its significant
+/// digits: `1e2` is 50 to 150, `1.0e2` is 95 to 105, `1.00e2` is 99.5 to 100.5.
+#[tokio::test]
+async fn exponents_set_number_precision() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let mut named = Named::new();
+    for value in ["49", "60", "94", "96", "100", "104", "106", "140", "151"] {
+        add_quantity(&mut named, &server, &tenant, value).await;
+    }
+    let cases: [(&str, &[&str]); 6] = [
+        ("1e2", &["60", "94", "96", "100", "104", "106", "140"]),
+        ("1.0e2", &["96", "100", "104"]),
+        ("1.00e2", &["100"]),
+        ("100", &["100"]),
+        ("1.0E+2", &["96", "100", "104"]),
+        ("ne1.0e2", &["49", "60", "94", "106", "140", "151"]),
+    ];
+    for (value, expected) in cases {
+        named
+            .assert_search(
+                &server,
+                &tenant,
+                "Observation",
+                &[("value-quantity", value)],
+                expected,
+            )
+            .await;
+    }
+    for (name, probability) in [("p0.8", "0.8"), ("p0.84", "0.84"), ("p0.9", "0.9")] {
+        let body: Value = serde_json::from_str(&format!(
+            r#"{{"resourceType": "RiskAssessment", "status": "final",
+                "subject": {{"reference": "Patient/p"}},
+                "prediction": [{{"probabilityDecimal": {probability}}}]}}"#
+        ))
+        .expect("test body");
+        named.add(&server, &tenant, name, body).await;
+    }
+    let cases: [(&str, &[&str]); 2] = [("8e-1", &["p0.8", "p0.84"]), ("8.0e-1", &["p0.8"])];
+    for (value, expected) in cases {
+        named
+            .assert_search(
+                &server,
+                &tenant,
+                "RiskAssessment",
+                &[("probability", value)],
+                expected,
+            )
+            .await;
+    }
+}
+
+/// Default string searches fold case fully: ß, ẞ and SS match each other, and
+/// so do the Greek sigmas ς, σ and Σ. `:exact` still compares the text as written.
+#[tokio::test]
+async fn strings_fold_case_fully() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let mut named = Named::new();
+    for (name, family) in [
+        ("sharp-s", "Straße"),
+        ("capital-sharp-s", "STRAẞE"),
+        ("double-s", "Strasse"),
+        ("final-sigma", "Σωκράτης"),
+        ("capital-sigma", "ΣΩΚΡΑΤΗΣ"),
+    ] {
+        named
+            .add(&server, &tenant, name, patient(family, None))
+            .await;
+    }
+    let streets = ["sharp-s", "capital-sharp-s", "double-s"];
+    let sigmas = ["final-sigma", "capital-sigma"];
+    let cases: [(&str, &str, &[&str]); 10] = [
+        ("family", "strasse", &streets),
+        ("family", "STRASSE", &streets),
+        ("family", "straße", &streets),
+        ("family", "STRAẞE", &streets),
+        ("family", "σωκρατης", &sigmas),
+        ("family", "σωκρατησ", &sigmas),
+        ("family", "ΣΩΚΡΑΤΗΣ", &sigmas),
+        ("family:contains", "aß", &streets),
+        ("family:contains", "ατης", &sigmas),
+        ("family:exact", "Straße", &["sharp-s"]),
+    ];
+    for (name, value, expected) in cases {
+        named
+            .assert_search(&server, &tenant, "Patient", &[(name, value)], expected)
+            .await;
+    }
+}
+
+/// A token parameter's values are the codes it holds: for a CodeableConcept,
+/// its codings. A CodeableConcept with only `text` has none, so the parameter
+/// counts as missing, as a primitive with only extensions does. Its text is
+/// for the `:text` modifier, which this server rejects.
+#[tokio::test]
+async fn token_missing_looks_at_codes() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let mut named = Named::new();
+    let coded =
+        json!({"coding": [{"system": "http://loinc.org", "code": "2339-0"}], "text": "Glucose"});
+    named
+        .add(&server, &tenant, "coded", observation(coded))
+        .await;
+    named
+        .add(
+            &server,
+            &tenant,
+            "text-only",
+            observation(json!({"text": "Glucose"})),
+        )
+        .await;
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("code:missing", "true", &["text-only"]),
+        ("code:missing", "false", &["coded"]),
+        ("code:not", "2339-0", &["text-only"]),
+        ("code", "2339-0", &["coded"]),
+    ];
+    for (name, value, expected) in cases {
+        named
+            .assert_search(&server, &tenant, "Observation", &[(name, value)], expected)
+            .await;
+    }
+    let (status, outcome) =
+        search(&server, &tenant, "Observation", &[("code:text", "glucose")]).await;
+    assert_eq!(status, 501, "{outcome}");
+    assert_eq!(issue_code(&outcome), "not-supported");
+}
+
 /// Returns the ids of a page's matches, in order.
 fn page_ids(bundle: &Value) -> Vec<String> {
     bundle["entry"]
@@ -1287,8 +1522,16 @@ async fn includes_add_referenced_resources() {
 async fn invalid_queries_are_rejected() {
     let server = server().await;
     let tenant = server.tenant().await;
-    let cases: [(&str, &str, &str, u16, &str); 10] = [
+    let cases: [(&str, &str, &str, u16, &str); 12] = [
         ("Patient", "foo", "bar", 400, "foo"),
+        (
+            "RiskAssessment",
+            "probability",
+            "ap1e400",
+            400,
+            "probability",
+        ),
+        ("Observation", "date", "ap2020-02-30", 400, "date"),
         ("Patient", "birthdate", "2020-13-45", 400, "birthdate"),
         ("Patient", "birthdate", "yesterday", 400, "birthdate"),
         (

@@ -3,12 +3,13 @@
 //! Each function accepts the FHIR types that R4 search parameters of its kind point at and
 //! ignores any other type, so a parameter never yields a value it could not match.
 
-use super::{ExtractError, IndexValue, SearchParamDef, SearchParamType, normalize_string};
+use super::{
+    ExtractError, ImplicitRange, IndexValue, SearchParamDef, SearchParamType, normalize_string,
+};
 use crate::datetime::{DateRange, Period};
 use crate::fhirpath::Item;
 use rust_decimal::Decimal;
 use serde_json::Value;
-use std::str::FromStr;
 
 /// Converts one FHIRPath result to the index values of a parameter's kind.
 pub(super) fn convert(
@@ -228,20 +229,12 @@ fn dates(
     Ok(())
 }
 
-/// Returns the range that a decimal's written precision implies: half a unit of its last
-/// digit on each side. So `100` covers 99.5 to 100.5 and `1.0` covers 0.95 to 1.05, which is
-/// how the FHIR R4 search page reads the precision of number and quantity values.
-fn implicit_range(value: Decimal) -> (Decimal, Decimal) {
-    let half = Decimal::new(5, value.scale() + 1);
-    (value - half, value + half)
-}
-
-fn decimal_of(def: &SearchParamDef, value: &Value) -> Result<Option<Decimal>, ExtractError> {
+/// Reads a JSON number with the range its written digits imply (see [`ImplicitRange`]).
+fn decimal_of(def: &SearchParamDef, value: &Value) -> Result<Option<ImplicitRange>, ExtractError> {
     match value {
         Value::Number(n) => {
             let text = n.as_str();
-            Decimal::from_str(text)
-                .or_else(|_| Decimal::from_scientific(text))
+            ImplicitRange::parse(text)
                 .map(Some)
                 .map_err(|_| ExtractError::InvalidNumber {
                     code: def.code.clone(),
@@ -257,7 +250,8 @@ fn numbers(
     item: &Item<'_>,
     out: &mut Vec<IndexValue>,
 ) -> Result<(), ExtractError> {
-    let (value, exact) = match item {
+    // Integers are exact, so only decimals get the range of their written precision.
+    let range = match item {
         Item::Node {
             value, type_name, ..
         } => {
@@ -265,20 +259,20 @@ fn numbers(
                 type_name.as_ref(),
                 "integer" | "positiveInt" | "unsignedInt"
             );
-            (decimal_of(def, value)?, integral)
+            decimal_of(def, value)?.map(|range| {
+                if integral {
+                    ImplicitRange::exact(range.value)
+                } else {
+                    range
+                }
+            })
         }
-        Item::Integer(i) => (Some(Decimal::from(*i)), true),
-        Item::Decimal(d) => (Some(*d), false),
-        _ => (None, false),
+        Item::Integer(i) => Some(ImplicitRange::exact(Decimal::from(*i))),
+        Item::Decimal(d) => Some(ImplicitRange::of_scale(*d)),
+        _ => None,
     };
-    let Some(value) = value else {
+    let Some(ImplicitRange { value, low, high }) = range else {
         return Ok(());
-    };
-    // Integers are exact, so only decimals get the range of their written precision.
-    let (low, high) = if exact {
-        (value, value)
-    } else {
-        implicit_range(value)
     };
     out.push(IndexValue::Number { value, low, high });
     Ok(())
@@ -298,9 +292,9 @@ fn quantities(
     } = item
     else {
         if let Item::Quantity { value, unit } = item {
-            let (low, high) = implicit_range(*value);
+            let ImplicitRange { value, low, high } = ImplicitRange::of_scale(*value);
             out.push(IndexValue::Quantity {
-                value: *value,
+                value,
                 low,
                 high,
                 system: None,
@@ -315,11 +309,11 @@ fn quantities(
         let low_map = bound("low");
         let high_map = bound("high");
         let low = match low_map.and_then(|m| m.get("value")) {
-            Some(v) => decimal_of(def, v)?,
+            Some(v) => decimal_of(def, v)?.map(|range| range.value),
             None => None,
         };
         let high = match high_map.and_then(|m| m.get("value")) {
-            Some(v) => decimal_of(def, v)?,
+            Some(v) => decimal_of(def, v)?.map(|range| range.value),
             None => None,
         };
         let Some(value) = low.or(high) else {
@@ -336,7 +330,7 @@ fn quantities(
         });
         return Ok(());
     }
-    let Some(value) = map
+    let Some(range) = map
         .get("value")
         .map(|v| decimal_of(def, v))
         .transpose()?
@@ -344,10 +338,11 @@ fn quantities(
     else {
         return Ok(());
     };
+    let value = range.value;
     let (low, high) = match map.get("comparator").and_then(Value::as_str) {
         Some("<") | Some("<=") => (Decimal::MIN, value),
         Some(">") | Some(">=") => (value, Decimal::MAX),
-        _ => implicit_range(value),
+        _ => (range.low, range.high),
     };
     let (system, code) = if type_name == "Money" {
         (

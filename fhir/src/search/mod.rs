@@ -13,11 +13,15 @@
 //! the resource is invalid.
 
 mod convert;
+mod precision;
 #[cfg(test)]
 mod tests;
 
+pub use precision::{ImplicitRange, InvalidDecimal};
+
 use crate::datetime::DateTimeError;
 use crate::fhirpath::{Expression, FhirPathError};
+use caseless::Caseless;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -571,7 +575,14 @@ pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
 }
 
 /// Normalizes a string for the default string search: Unicode NFD with combining marks
-/// removed, lowercase, trimmed, and inner whitespace runs collapsed to one space.
+/// removed, lowercase, then full Unicode case folding (`ß`, `ẞ` and `SS` all become `ss`, and
+/// `ς` and `Σ` become `σ`), trimmed, and inner whitespace runs collapsed to one space.
+///
+/// Lowercasing first keeps case pairs newer than the folding table (Unicode 16.0 in
+/// `caseless` 0.2.2) insensitive, because Rust's lowercase tables follow a later Unicode. It
+/// also makes the result the folding of the lowercase form that values were indexed with
+/// before, which lets migration `0012_full_case_folding.sql` of the store rewrite those
+/// values letter by letter.
 pub fn normalize_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut pending_space = false;
@@ -584,16 +595,18 @@ pub fn normalize_string(s: &str) -> String {
             out.push(' ');
             pending_space = false;
         }
-        for lower in c.to_lowercase() {
-            out.push(lower);
-        }
+        out.push(c);
     };
     if s.is_ascii() {
         for c in s.chars() {
-            push(c, &mut out);
+            push(c.to_ascii_lowercase(), &mut out);
         }
     } else {
-        for c in s.nfd().filter(|c| !is_combining_mark(*c)) {
+        let letters = s
+            .nfd()
+            .filter(|c| !is_combining_mark(*c))
+            .flat_map(char::to_lowercase);
+        for c in letters.default_case_fold() {
             push(c, &mut out);
         }
     }

@@ -181,6 +181,50 @@ fn normalize_string_folds_accents() {
 }
 
 #[test]
+fn normalize_string_folds_case_fully() {
+    for written in ["Straße", "STRASSE", "strasse", "STRAẞE"] {
+        assert_eq!(normalize_string(written), "strasse", "{written}");
+    }
+    for written in ["Σωκράτης", "ΣΩΚΡΑΤΗΣ", "σωκρατησ"] {
+        assert_eq!(normalize_string(written), "σωκρατησ", "{written}");
+    }
+    assert_eq!(normalize_string("ﬁnal"), "final");
+}
+
+#[test]
+fn numbers_with_exponents_keep_their_precision() {
+    let risk = |probability: &str| -> Value {
+        serde_json::from_str(&format!(
+            r#"{{"resourceType": "RiskAssessment", "status": "final", "subject": {{"reference": "Patient/1"}},
+                "prediction": [{{"probabilityDecimal": {probability}}}]}}"#
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let cases = [
+        ("1e2", "50", "150"),
+        ("1.0e2", "95", "105"),
+        ("5.0E-1", "0.495", "0.505"),
+    ];
+    for (written, low, high) in cases {
+        let entries = entries_for(&risk(written), "probability");
+        assert!(
+            matches!(&entries[..], [IndexValue::Number { low: l, high: h, .. }] if *l == decimal(low) && *h == decimal(high)),
+            "{written}: {entries:?}"
+        );
+    }
+    let mut observation =
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
+    observation["valueQuantity"] =
+        serde_json::from_str(r#"{"value": 1.0e2, "unit": "mg"}"#).unwrap_or_else(|e| panic!("{e}"));
+    let quantity = entries_for(&observation, "value-quantity");
+    assert!(
+        matches!(&quantity[..], [IndexValue::Quantity { value, low, high, .. }]
+            if *value == decimal("100") && *low == decimal("95") && *high == decimal("105")),
+        "{quantity:?}"
+    );
+}
+
+#[test]
 fn patient_birthdate_and_names() {
     let patients = load_ndjson("Patient");
     let patient = find(&patients, "9ceb9c47-030c-4ef2-a7d6-97f2c5676644");
