@@ -77,7 +77,8 @@ pub async fn everything(
         "SELECT DISTINCT x.resource_type, x.id FROM idx_reference x \
          JOIN unnest($2::text[], $3::text[]) AS c(resource_type, code) \
            ON x.resource_type = c.resource_type AND x.code = c.code \
-         WHERE x.tenant = current_setting('infoctor.tenant') AND x.target_type = 'Patient' \
+         WHERE x.target_key = idx_target_key(current_setting('infoctor.tenant'), $1) \
+           AND x.tenant = current_setting('infoctor.tenant') AND x.target_type = 'Patient' \
            AND x.target_id = $1 AND x.resource_type <> 'Patient' \
          ORDER BY 1, 2 LIMIT $4",
     )
@@ -102,7 +103,10 @@ pub async fn everything(
         "SELECT DISTINCT x.target_type, x.target_id FROM idx_reference x \
          JOIN unnest($1::text[], $2::text[]) AS k(resource_type, id) \
            ON x.resource_type = k.resource_type AND x.id = k.id \
-         WHERE x.tenant = current_setting('infoctor.tenant') AND x.target_type = ANY($3) \
+         WHERE x.resource_key = ANY(ARRAY( \
+             SELECT idx_resource_key(current_setting('infoctor.tenant'), t, i) \
+             FROM unnest($1::text[], $2::text[]) AS u(t, i))) \
+           AND x.tenant = current_setting('infoctor.tenant') AND x.target_type = ANY($3) \
            AND x.target_id IS NOT NULL",
     )
     .bind(&key_types)

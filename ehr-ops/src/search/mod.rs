@@ -333,7 +333,9 @@ async fn add_includes(
         let (code, typed) = relative_rows(include);
         let targets: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT target_type, target_id FROM idx_reference \
-             WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND code = $2 \
+             WHERE resource_key = ANY(ARRAY( \
+                 SELECT idx_resource_key(current_setting('infoctor.tenant'), $1, m) FROM unnest($3::text[]) AS m)) \
+               AND tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND code = $2 \
                AND id = ANY($3) AND target_type IS NOT NULL AND target_id IS NOT NULL \
                AND ($4::text IS NULL OR target_type = $4) \
                AND ($6::text IS NULL OR target_type = $6) LIMIT $5",
@@ -362,7 +364,9 @@ async fn add_includes(
         }
         let sources: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT resource_type, id FROM idx_reference \
-             WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND code = $2 \
+             WHERE target_key = ANY(ARRAY( \
+                 SELECT idx_target_key(current_setting('infoctor.tenant'), m) FROM unnest($4::text[]) AS m)) \
+               AND tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND code = $2 \
                AND target_type = $3 AND target_id = ANY($4) LIMIT $5",
         )
         .bind(&include.source_type)

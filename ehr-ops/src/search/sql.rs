@@ -89,21 +89,15 @@ pub fn push_from_and_filters(
         vec![first]
     };
     qb.push(format!(
-        " FROM (SELECT DISTINCT i.tenant, i.resource_type, i.id FROM {} i \
+        " FROM (SELECT DISTINCT i.tenant, i.resource_type, i.id, i.resource_key FROM {} i \
          WHERE i.tenant = current_setting('infoctor.tenant') AND i.resource_type = ",
         index_table(lead.kind)
     ));
     qb.push_bind(resource_type.to_owned());
     qb.push(" AND ");
     push_code_match(qb, lead);
-    if lead.kind == SearchParamType::Date {
-        // The GiST index over dates leads with this key, not with the text
-        // columns above (see migration 0008).
-        qb.push(" AND i.span_key = idx_date_key(current_setting('infoctor.tenant'), ");
-        qb.push_bind(resource_type.to_owned());
-        qb.push(", ");
-        qb.push_bind(lead.code.clone());
-        qb.push(")");
+    if lead.kind != SearchParamType::Reference {
+        push_param_key(qb, resource_type, lead);
     }
     for &n in &grouped {
         qb.push(" AND (");
@@ -181,11 +175,45 @@ fn open_exists(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
         filter.kind
     };
     qb.push(format!(
-        "EXISTS (SELECT 1 FROM {} i WHERE i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type \
-         AND i.id = {alias}.id AND ",
-        index_table(kind)
+        "EXISTS (SELECT 1 FROM {} i WHERE {} AND ",
+        index_table(kind),
+        same_resource(alias)
     ));
     push_code_match(qb, filter);
+}
+
+/// Returns the condition that index row `i` belongs to the resource row
+/// `alias`. The key reaches the table's resource index (see migration 0013),
+/// and the text columns decide.
+fn same_resource(alias: &str) -> String {
+    format!(
+        "i.resource_key = {alias}.resource_key \
+         AND i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type AND i.id = {alias}.id"
+    )
+}
+
+/// Pushes ` AND <key of i's parameter> = <key of the filter's row codes>`,
+/// which bounds the leading column of the table's lookup index. The codes
+/// themselves are matched by [`push_code_match`].
+fn push_param_key(qb: &mut QueryBuilder<Postgres>, resource_type: &str, filter: &Filter) {
+    let mut codes = filter.row_codes.clone();
+    if let Some((base, _)) = &filter.typed_base {
+        codes.push(base.clone());
+    }
+    qb.push(" AND i.param_key = ");
+    if let [code] = codes.as_slice() {
+        qb.push("idx_param_key(current_setting('infoctor.tenant'), ");
+        qb.push_bind(resource_type.to_owned());
+        qb.push(", ");
+        qb.push_bind(code.clone());
+        qb.push(")");
+    } else {
+        qb.push("ANY(ARRAY(SELECT idx_param_key(current_setting('infoctor.tenant'), ");
+        qb.push_bind(resource_type.to_owned());
+        qb.push(", c) FROM unnest(");
+        qb.push_bind(codes);
+        qb.push("::text[]) AS c))");
+    }
 }
 
 /// Pushes the condition that an index row `i` contains values of the
@@ -314,9 +342,11 @@ fn date_bounds(
     }
 }
 
-/// Date range comparison per the FHIR search rules: the stored value is the
-/// range `[low_column, high_column]`, the search value `[low, high]` (for `ap`,
-/// the approximation range, which the stored range must overlap).
+/// Pushes a date range comparison per the FHIR search rules: the stored
+/// value is the range `[low_column, high_column]`, the search value
+/// `[low, high]` (for `ap`, the approximation range, which the stored range
+/// must overlap). It serves `_lastUpdated` and the `idx_date` rows, whose
+/// GiST index takes every bound below as an index condition.
 fn push_range_compare<T>(
     qb: &mut QueryBuilder<Postgres>,
     low_column: &str,
@@ -389,82 +419,6 @@ fn push_range_compare<T>(
             qb.push(format!(" AND {high_column} >= "));
             qb.push_bind(low.clone());
             qb.push(")");
-        }
-    }
-}
-
-/// Date comparison on `idx_date` rows in terms of range operators the GiST
-/// index supports (`<@` contained, `&&` overlaps, `>>` and `<<` strictly
-/// after and before). `ge` and `le` add the spec's exact rule as a filter
-/// after the indexed necessary condition. For `ap`, `[low, high]` is the
-/// approximation range, which the stored range must overlap.
-fn push_date_range(
-    qb: &mut QueryBuilder<Postgres>,
-    prefix: Prefix,
-    low: chrono::DateTime<chrono::Utc>,
-    high: chrono::DateTime<chrono::Utc>,
-) {
-    const STORED: &str = "i.span";
-    let push_search_range = |qb: &mut QueryBuilder<Postgres>| {
-        qb.push("tstzrange(");
-        qb.push_bind(low);
-        qb.push(", ");
-        qb.push_bind(high);
-        qb.push(", '[]')");
-    };
-    match prefix {
-        Prefix::Eq | Prefix::Ne => {
-            if prefix == Prefix::Ne {
-                qb.push("NOT ");
-            }
-            qb.push(format!("{STORED} <@ "));
-            push_search_range(qb);
-        }
-        // The stored range reaches past the search value's end.
-        Prefix::Gt => {
-            qb.push(format!("{STORED} && tstzrange("));
-            qb.push_bind(high);
-            qb.push(", NULL, '()')");
-        }
-        // The stored range starts before the search value.
-        Prefix::Lt => {
-            qb.push(format!("{STORED} && tstzrange(NULL, "));
-            qb.push_bind(low);
-            qb.push(", '()')");
-        }
-        // high > value.high OR (low >= value.low AND high <= value.high),
-        // which implies high >= value.low.
-        Prefix::Ge => {
-            qb.push(format!("{STORED} && tstzrange("));
-            qb.push_bind(low);
-            qb.push(", NULL, '[)') AND (i.high > ");
-            qb.push_bind(high);
-            qb.push(" OR i.low >= ");
-            qb.push_bind(low);
-            qb.push(")");
-        }
-        // low < value.low OR (low >= value.low AND high <= value.high),
-        // which implies low <= value.high.
-        Prefix::Le => {
-            qb.push(format!("{STORED} && tstzrange(NULL, "));
-            qb.push_bind(high);
-            qb.push(", '(]') AND (i.low < ");
-            qb.push_bind(low);
-            qb.push(" OR i.high <= ");
-            qb.push_bind(high);
-            qb.push(")");
-        }
-        Prefix::Sa => {
-            qb.push(format!("{STORED} >> "));
-            push_search_range(qb);
-        }
-        Prefix::Eb => {
-            qb.push(format!("{STORED} << "));
-            push_search_range(qb);
-        }
-        Prefix::Ap => {
-            qb.push(format!("{STORED} && "));
-            push_search_range(qb);
         }
     }
 }
@@ -590,7 +544,7 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
         }
         SearchValue::Date(prefix, range) => {
             let (low, high) = date_bounds(*prefix, range);
-            push_date_range(qb, *prefix, low, high);
+            push_range_compare(qb, "i.low", "i.high", *prefix, low, high);
         }
         SearchValue::Number(prefix, number) => push_number_compare(qb, *prefix, number),
         SearchValue::Quantity(prefix, number, system, unit) => {
@@ -617,7 +571,9 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
                 // absolute URL is compared with the stored URL text, so the
                 // condition stays a single index lookup.
                 Some(id) => {
-                    qb.push("i.target_id = ");
+                    qb.push("i.target_key = idx_target_key(current_setting('infoctor.tenant'), ");
+                    qb.push_bind(id.clone());
+                    qb.push(") AND i.target_id = ");
                     qb.push_bind(id.clone());
                     if let Some(target_type) = target_type {
                         qb.push(" AND i.target_type = ");
@@ -656,8 +612,8 @@ pub fn sort_expression(alias: &str, key: &SortKey) -> (String, &'static str) {
         .map(|code| format!("'{}'", code.replace('\'', "''")))
         .collect();
     let key = format!(
-        "i.tenant = {alias}.tenant AND i.resource_type = {alias}.resource_type AND i.id = {alias}.id \
-         AND i.code IN ({})",
+        "{} AND i.code IN ({})",
+        same_resource(alias),
         codes.join(", ")
     );
     // Ascending sorts use the lowest value of a resource and descending sorts

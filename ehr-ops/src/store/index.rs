@@ -502,8 +502,9 @@ async fn clear_table(
         return Ok(());
     }
     let statement = format!(
-        "DELETE FROM {} WHERE tenant = current_setting('infoctor.tenant') \
-         AND resource_type = $1 AND id = ANY($2)",
+        "DELETE FROM {} WHERE resource_key = ANY(ARRAY( \
+           SELECT idx_resource_key(current_setting('infoctor.tenant'), $1, k) FROM unnest($2::text[]) AS k)) \
+         AND tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = ANY($2)",
         INDEX_TABLES[table]
     );
     sqlx::query(sqlx::AssertSqlSafe(statement))

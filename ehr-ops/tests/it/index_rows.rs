@@ -13,7 +13,8 @@ use crate::common::{TestServer, server};
 use crate::interactions::match_ids;
 
 /// Index rows of one resource per table: each row's columns other than
-/// tenant and id as JSON text, sorted, and the rows' physical positions.
+/// tenant, id and the keys computed from them as JSON text, sorted, and the
+/// rows' physical positions.
 #[derive(Debug, Default)]
 struct IndexRows {
     rows: BTreeMap<&'static str, Vec<String>>,
@@ -24,7 +25,8 @@ async fn index_rows(server: &TestServer, tenant: &str, resource_type: &str, id: 
     let mut found = IndexRows::default();
     for table in TABLES {
         let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT (to_jsonb(t) - 'tenant' - 'id')::text, t.ctid::text FROM {table} t \
+            "SELECT (to_jsonb(t) - 'tenant' - 'id' - 'resource_key' - 'param_key' - 'target_key')::text, \
+             t.ctid::text FROM {table} t \
              WHERE tenant = $1 AND resource_type = $2 AND id = $3"
         )))
         .bind(tenant)

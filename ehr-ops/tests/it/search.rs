@@ -275,41 +275,83 @@ async fn date_prefixes_on_periods() {
     }
 }
 
-/// A date search that selects its candidates by date reaches them through
-/// the GiST span index, as the application role under row-level security:
-/// the query names the index's leading key and its operators qualify as
-/// index conditions.
+/// Searches reach their candidates through the lookup indexes, as the
+/// application role under row-level security: the key and the values
+/// qualify as index conditions. Dates use the GiST index over the key and
+/// both ends of the stored range.
 #[tokio::test]
-async fn date_searches_use_the_span_index() {
+async fn searches_use_the_key_indexes() {
     use infoctor_ehr_ops::search::{params, sql};
     let server = server().await;
     let tenant = server.tenant().await;
 
     // Index rows of encounters spread over eight years, so that a search of
-    // one day is selective enough for the planner to prefer the span index.
+    // one day or one code is selective enough for the planner to prefer an
+    // index.
     let mut admin = server.db.admin_pool().begin().await.expect("begin");
     infoctor_ehr_ops::postgres::set_tenant(&mut admin, &tenant)
         .await
         .expect("tenant");
-    sqlx::query(
+    for statement in [
         "INSERT INTO idx_date (tenant, resource_type, id, code, low, high) \
          SELECT $1, 'Encounter', 'spread-' || n, 'date', day, day + interval '1 hour' \
          FROM generate_series(1, 3000) AS n, \
            LATERAL (SELECT timestamptz '2016-01-01' + n * interval '1 day') AS d(day)",
-    )
-    .bind(&tenant)
-    .execute(&mut *admin)
-    .await
-    .expect("insert rows");
+        "INSERT INTO idx_token (tenant, resource_type, id, code, system, value) \
+         SELECT $1, 'Encounter', 'spread-' || n, 'type', 'http://snomed.info/sct', 'c' || n \
+         FROM generate_series(1, 3000) AS n",
+        "INSERT INTO idx_reference (tenant, resource_type, id, code, target_type, target_id) \
+         SELECT $1, 'Encounter', 'spread-' || n, 'subject', 'Patient', 'p' || n \
+         FROM generate_series(1, 3000) AS n",
+    ] {
+        sqlx::query(statement)
+            .bind(&tenant)
+            .execute(&mut *admin)
+            .await
+            .expect("insert rows");
+    }
     admin.commit().await.expect("commit");
-    sqlx::query("ANALYZE idx_date")
+    sqlx::query("ANALYZE idx_date, idx_token, idx_reference")
         .execute(server.db.admin_pool())
         .await
         .expect("analyze");
 
-    for value in ["2020-01-01", "ge2024-01-01", "lt2016-02-01", "sa2024-03-01"] {
-        let request =
-            params::parse("Encounter", &[("date".to_owned(), value.to_owned())]).expect("parse");
+    let cases = [
+        ("date", "2020-01-01", "idx_date_lookup", "param_key ="),
+        ("date", "ge2024-01-01", "idx_date_lookup", "param_key ="),
+        ("date", "lt2016-02-01", "idx_date_lookup", "param_key ="),
+        ("date", "sa2024-03-01", "idx_date_lookup", "param_key ="),
+        (
+            "type",
+            "http://snomed.info/sct|c17",
+            "idx_token_lookup",
+            "param_key =",
+        ),
+        (
+            "subject",
+            "Patient/p17",
+            "idx_reference_target",
+            "target_key =",
+        ),
+        // The token filter selects the candidates and the date filter
+        // checks each through the resource key.
+        (
+            "type",
+            "http://snomed.info/sct|c17&date=ge2010-01-01",
+            "idx_date_resource",
+            "resource_key =",
+        ),
+    ];
+    for (code, value, index, key) in cases {
+        let mut pairs = vec![(code.to_owned(), value.to_owned())];
+        if let Some((first, rest)) = value.split_once('&') {
+            let (other, other_value) = rest.split_once('=').expect("pair");
+            pairs = vec![
+                (code.to_owned(), first.to_owned()),
+                (other.to_owned(), other_value.to_owned()),
+            ];
+        }
+        let request = params::parse("Encounter", &pairs).expect("parse");
         let mut query = sqlx::QueryBuilder::new("EXPLAIN SELECT r.id");
         sql::push_from_and_filters(&mut query, "Encounter", &request.filters, false);
         let mut tx = server.db.begin_tenant(&tenant).await.expect("begin");
@@ -324,12 +366,13 @@ async fn date_searches_use_the_span_index() {
             .expect("explain");
         let plan = plan.join("\n");
         assert!(
-            plan.contains("idx_date_span"),
-            "date={value} does not use the span index:\n{plan}"
+            plan.contains(index),
+            "{code}={value} does not use {index}:\n{plan}"
         );
         assert!(
-            plan.contains("span_key ="),
-            "date={value} does not bound the span index's key:\n{plan}"
+            plan.lines()
+                .any(|line| line.contains("Index Cond") && line.contains(key)),
+            "{code}={value} does not bound the index's key:\n{plan}"
         );
     }
 }
