@@ -141,38 +141,56 @@ async fn write_unique(
                 (last_updated, text)
             }
         };
-        rows.push(&prepared, version_id, operation, text, instant, &digests);
+        let version = NewVersion {
+            version_id,
+            operation,
+            stored: current.contains_key(&key),
+        };
+        rows.push(&prepared, version, text, instant, &digests);
         written.push((prepared, plan));
     }
     if written.is_empty() {
         return Ok(counts);
     }
 
-    sqlx::query(
-        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
-         SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash, \
-           ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
-         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
-           $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[]) \
-           AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6) \
-         ON CONFLICT (tenant, resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
-           last_updated = EXCLUDED.last_updated, deleted = false, content_hash = EXCLUDED.content_hash, \
-           index_digests = EXCLUDED.index_digests",
-    )
-    .bind(&rows.resource_type)
-    .bind(&rows.id)
-    .bind(&rows.version_id)
-    .bind(&rows.last_updated)
-    .bind(&rows.hash)
-    .bind(&rows.digests[0])
-    .bind(&rows.digests[1])
-    .bind(&rows.digests[2])
-    .bind(&rows.digests[3])
-    .bind(&rows.digests[4])
-    .bind(&rows.digests[5])
-    .bind(&rows.digests[6])
-    .execute(&mut *conn)
-    .await?;
+    // New keys get a plain INSERT and stored ones an UPDATE. The rows of
+    // stored keys are locked above, and a plain INSERT costs about a third
+    // less than INSERT ... ON CONFLICT, which probes the key index before
+    // every row it inserts.
+    if rows.stored.iter().any(|stored| !stored) {
+        bind_resource_rows(
+            sqlx::query(
+            "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
+             SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash, \
+               ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
+               $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
+               $13::boolean[]) \
+               AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6, stored) \
+             WHERE NOT k.stored",
+            ),
+            &rows,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    if rows.stored.iter().any(|stored| *stored) {
+        bind_resource_rows(
+            sqlx::query(
+            "UPDATE resources r SET version_id = k.version_id, last_updated = k.last_updated, deleted = false, \
+               content_hash = k.hash, index_digests = ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
+               $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
+               $13::boolean[]) \
+               AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6, stored) \
+             WHERE k.stored AND r.tenant = current_setting('infoctor.tenant') \
+               AND r.resource_type = k.resource_type AND r.id = k.id",
+            ),
+            &rows,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO resource_versions (tenant, resource_type, id, version_id, last_updated, operation, resource) \
          SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, \
@@ -218,18 +236,53 @@ struct VersionRows {
     last_updated: Vec<DateTime<Utc>>,
     /// Index digests, one column per index table.
     digests: [Vec<i64>; 7],
+    /// Whether `resources` has a row for the key (deleted ones included).
+    stored: Vec<bool>,
+}
+
+/// Binds the columns of `resources` rows in the order both statements on
+/// it read them: type, id, version, last updated, hash, the seven digests
+/// and whether the key is stored.
+fn bind_resource_rows<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    rows: &'q VersionRows,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let query = query
+        .bind(&rows.resource_type)
+        .bind(&rows.id)
+        .bind(&rows.version_id)
+        .bind(&rows.last_updated)
+        .bind(&rows.hash);
+    rows.digests
+        .iter()
+        .fold(query, |query, column| query.bind(column))
+        .bind(&rows.stored)
+}
+
+/// The version a batch writes for one key.
+struct NewVersion {
+    version_id: i64,
+    /// `create` or `update`.
+    operation: &'static str,
+    /// Whether `resources` has a row for the key (deleted ones included).
+    stored: bool,
 }
 
 impl VersionRows {
     fn push(
         &mut self,
         prepared: &PreparedResource,
-        version_id: i64,
-        operation: &str,
+        version: NewVersion,
         body: String,
         last_updated: DateTime<Utc>,
         digests: &Digests,
     ) {
+        let NewVersion {
+            version_id,
+            operation,
+            stored,
+        } = version;
+        self.stored.push(stored);
         for (column, digest) in self.digests.iter_mut().zip(digests) {
             column.push(*digest);
         }
