@@ -303,6 +303,9 @@ async fn searches_use_the_key_indexes() {
         "INSERT INTO idx_reference (tenant, resource_type, id, code, target_type, target_id) \
          SELECT $1, 'Encounter', 'spread-' || n, 'subject', 'Patient', 'p' || n \
          FROM generate_series(1, 3000) AS n",
+        "INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact) \
+         SELECT $1, 'Patient', 'spread-' || n, 'name', 'name' || n, 'Name' || n \
+         FROM generate_series(1, 3000) AS n",
     ] {
         sqlx::query(statement)
             .bind(&tenant)
@@ -311,38 +314,73 @@ async fn searches_use_the_key_indexes() {
             .expect("insert rows");
     }
     admin.commit().await.expect("commit");
-    sqlx::query("ANALYZE idx_date, idx_token, idx_reference")
+    sqlx::query("ANALYZE idx_date, idx_token, idx_reference, idx_string")
         .execute(server.db.admin_pool())
         .await
         .expect("analyze");
 
     let cases = [
-        ("date", "2020-01-01", "idx_date_lookup", "param_key ="),
-        ("date", "ge2024-01-01", "idx_date_lookup", "param_key ="),
-        ("date", "lt2016-02-01", "idx_date_lookup", "param_key ="),
-        ("date", "sa2024-03-01", "idx_date_lookup", "param_key ="),
         (
+            "Encounter",
+            "date",
+            "2020-01-01",
+            "idx_date_lookup",
+            "param_key =",
+        ),
+        (
+            "Encounter",
+            "date",
+            "ge2024-01-01",
+            "idx_date_lookup",
+            "param_key =",
+        ),
+        (
+            "Encounter",
+            "date",
+            "lt2016-02-01",
+            "idx_date_lookup",
+            "param_key =",
+        ),
+        (
+            "Encounter",
+            "date",
+            "sa2024-03-01",
+            "idx_date_lookup",
+            "param_key =",
+        ),
+        (
+            "Encounter",
             "type",
             "http://snomed.info/sct|c17",
             "idx_token_lookup",
             "param_key =",
         ),
         (
+            "Encounter",
             "subject",
             "Patient/p17",
             "idx_reference_target",
             "target_key =",
         ),
-        // The token filter selects the candidates and the date filter
-        // checks each through the resource key.
+        // A prefix bounds the value as well as the key.
         (
+            "Patient",
+            "name",
+            "name17",
+            "idx_string_lookup",
+            "value_norm >=",
+        ),
+        // The token filter selects the candidates, and the date filter,
+        // which every row passes, checks each through the resource key.
+        (
+            "Encounter",
             "type",
             "http://snomed.info/sct|c17&date=ge2010-01-01",
             "idx_date_resource",
             "resource_key =",
         ),
     ];
-    for (code, value, index, key) in cases {
+    for (resource_type, code, value, index, key) in cases {
         let mut pairs = vec![(code.to_owned(), value.to_owned())];
         if let Some((first, rest)) = value.split_once('&') {
             let (other, other_value) = rest.split_once('=').expect("pair");
@@ -351,9 +389,9 @@ async fn searches_use_the_key_indexes() {
                 (other.to_owned(), other_value.to_owned()),
             ];
         }
-        let request = params::parse("Encounter", &pairs).expect("parse");
+        let request = params::parse(resource_type, &pairs).expect("parse");
         let mut query = sqlx::QueryBuilder::new("EXPLAIN SELECT r.id");
-        sql::push_from_and_filters(&mut query, "Encounter", &request.filters, false);
+        sql::push_from_and_filters(&mut query, resource_type, &request.filters, false);
         let mut tx = server.db.begin_tenant(&tenant).await.expect("begin");
         sqlx::query("SET LOCAL enable_seqscan = off")
             .execute(&mut *tx)
