@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use infoctor_fhir::json::ValueParser;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -451,10 +452,13 @@ async fn write_grouped(
 ) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
     let mut groups: BTreeMap<String, Vec<PreparedResource>> = BTreeMap::new();
     for prepared in batch {
-        groups
-            .entry(prepared.resource_type.clone())
-            .or_default()
-            .push(prepared);
+        // The type is copied for the key only when its group starts.
+        match groups.get_mut(&prepared.resource_type) {
+            Some(group) => group.push(prepared),
+            None => {
+                groups.insert(prepared.resource_type.clone(), vec![prepared]);
+            }
+        }
     }
     let mut counts = BTreeMap::new();
     for (resource_type, group) in groups {
@@ -471,6 +475,19 @@ fn produce(
     options: &LoadOptions,
     sender: &mpsc::Sender<Result<Item, LoadError>>,
 ) -> Result<(), LoadError> {
+    std::thread::scope(|scope| {
+        let preparers = Preparers::start(scope);
+        produce_with(files, options, sender, &preparers)
+    })
+}
+
+/// Does the work of [`produce`], preparing each batch with `preparers`.
+fn produce_with(
+    files: &[PathBuf],
+    options: &LoadOptions,
+    sender: &mpsc::Sender<Result<Item, LoadError>>,
+    preparers: &Preparers,
+) -> Result<(), LoadError> {
     let bytes_read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut reported_bytes = 0u64;
     let mut pending: Vec<PendingResource> = Vec::with_capacity(options.batch_size);
@@ -480,12 +497,27 @@ fn produce(
         if pending.is_empty() {
             return Ok(true);
         }
-        let items = std::mem::take(pending);
-        let mut prepared = Vec::with_capacity(items.len());
-        for (result, resource_type, location) in prepare_parallel(items) {
+        let items = std::mem::replace(pending, Vec::with_capacity(options.batch_size));
+        let mut results = preparers.prepare(items)?;
+        // A line that is not JSON, or has no type or id, stops the load before
+        // anything of its batch is sent, even when lines before it are invalid.
+        if let Some(at) = results
+            .iter()
+            .position(|result| matches!(result, PrepareResult::Unreadable(_)))
+            && let PrepareResult::Unreadable(err) = results.swap_remove(at)
+        {
+            return Err(err);
+        }
+        let mut prepared = Vec::with_capacity(results.len());
+        for result in results {
             match result {
-                Ok(resource) => prepared.push(resource),
-                Err(err) => {
+                PrepareResult::Ready(resource) => prepared.push(resource),
+                PrepareResult::Unreadable(err) => return Err(err),
+                PrepareResult::Invalid {
+                    resource_type,
+                    location,
+                    error: err,
+                } => {
                     let message = describe(&err);
                     if options.skip_invalid {
                         tracing::warn!(location = %location, error = %message, "skipped invalid resource");
@@ -517,22 +549,34 @@ fn produce(
             let display = file.display().to_string();
             match kind {
                 FileKind::Ndjson => {
-                    for (number, line) in reader.lines().enumerate() {
-                        let line = line.map_err(|source| LoadError::Io {
-                            path: file.clone(),
-                            source,
-                        })?;
+                    let mut reader = reader;
+                    // One buffer serves every line of the file.
+                    let mut buffer = String::new();
+                    let mut number: usize = 0;
+                    loop {
+                        buffer.clear();
+                        let read =
+                            reader
+                                .read_line(&mut buffer)
+                                .map_err(|source| LoadError::Io {
+                                    path: file.clone(),
+                                    source,
+                                })?;
+                        if read == 0 {
+                            break;
+                        }
+                        number += 1;
+                        // The line without its `\n` or `\r\n`, as `BufRead::lines` gives it.
+                        let line = buffer.strip_suffix('\n').map_or(buffer.as_str(), |line| {
+                            line.strip_suffix('\r').unwrap_or(line)
+                        });
                         if line.trim().is_empty() {
                             continue;
                         }
-                        let location = format!("{display}:{}", number + 1);
-                        let resource: Value =
-                            serde_json::from_str(&line).map_err(|err| LoadError::Invalid {
-                                location: location.clone(),
-                                message: format!("malformed JSON: {err}"),
-                            })?;
-                        let (resource_type, id) = identify(&resource, &location)?;
-                        pending.push((resource_type, id, resource, location));
+                        pending.push(PendingResource::Line {
+                            text: line.to_owned(),
+                            location: format!("{display}:{number}"),
+                        });
                         if pending.len() >= options.batch_size
                             && !flush(&mut pending, &mut reported_bytes)?
                         {
@@ -549,7 +593,12 @@ fn produce(
                     for (resource_type, id, resource, location) in
                         bundle_resources(bundle, &display)?
                     {
-                        pending.push((resource_type, id, resource, location));
+                        pending.push(PendingResource::Parsed {
+                            resource_type,
+                            id,
+                            resource,
+                            location,
+                        });
                         if pending.len() >= options.batch_size
                             && !flush(&mut pending, &mut reported_bytes)?
                         {
@@ -563,6 +612,10 @@ fn produce(
         Ok(())
     })();
     if let Err(err) = result {
+        // Lines are parsed only when their batch is prepared. A line waiting in
+        // `pending` that is not JSON was read before this error, so it is the
+        // error to report.
+        let err = first_unreadable(&pending).unwrap_or(err);
         let message = err.to_string();
         // The receiver reports the error; if it is gone, the error is returned.
         if sender.blocking_send(Err(err)).is_err() {
@@ -575,47 +628,163 @@ fn produce(
     Ok(())
 }
 
-/// A parsed resource waiting for preparation: type, id, JSON and its
-/// location in the input (`file:line`).
-type PendingResource = (String, String, Value, String);
+/// A resource waiting for preparation, with its location in the input
+/// (`file:line` or `file entry N`).
+enum PendingResource {
+    /// An NDJSON line. The thread that prepares it parses it, so the JSON
+    /// tree is still in that core's cache while it is validated, indexed and
+    /// serialized.
+    Line { text: String, location: String },
+    /// A resource taken from a Bundle, with its type and id.
+    Parsed {
+        resource_type: String,
+        id: String,
+        resource: Value,
+        location: String,
+    },
+}
 
 /// Threads that validate, index and serialize a batch.
 const PREPARE_THREADS: usize = 2;
 
-/// Prepares a batch on [`PREPARE_THREADS`] threads, keeping the input order.
-/// Each result comes with the resource's type and location for reporting.
-fn prepare_parallel(
-    items: Vec<PendingResource>,
-) -> Vec<(Result<PreparedResource, FhirError>, String, String)> {
-    let instant = store::now_millis();
-    let prepare_one = |(resource_type, id, resource, location): PendingResource| {
-        let result = store::prepare(&resource_type, &id, resource).map(|mut prepared| {
-            store::stamp_first_version(&mut prepared, instant);
-            prepared
-        });
-        (result, resource_type, location)
-    };
-    let chunk_size = items.len().div_ceil(PREPARE_THREADS).max(1);
-    let mut chunks: Vec<Vec<PendingResource>> = Vec::new();
-    let mut items = items.into_iter().peekable();
-    while items.peek().is_some() {
-        chunks.push(items.by_ref().take(chunk_size).collect());
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                scope.spawn(move || chunk.into_iter().map(prepare_one).collect::<Vec<_>>())
+/// The outcome of preparing one resource.
+enum PrepareResult {
+    Ready(PreparedResource),
+    /// A resource that is not valid, which `--skip-invalid` skips.
+    Invalid {
+        resource_type: String,
+        location: String,
+        error: FhirError,
+    },
+    /// A line that is not JSON or has no type or id, which stops the load.
+    Unreadable(LoadError),
+}
+
+/// Resources for one preparing thread, all stamped with the same instant.
+type PrepareJob = (Vec<PendingResource>, store::FirstVersionStamp);
+
+/// The [`PREPARE_THREADS`] threads that prepare batches. They are started
+/// once for a whole load, not for each batch, so each keeps its parser and
+/// serialization buffers and its allocator heap from batch to batch.
+struct Preparers {
+    workers: Vec<PrepareWorker>,
+}
+
+/// The channels to one preparing thread.
+struct PrepareWorker {
+    jobs: std::sync::mpsc::Sender<PrepareJob>,
+    results: std::sync::mpsc::Receiver<Vec<PrepareResult>>,
+}
+
+impl Preparers {
+    /// Starts the threads in `scope`. They stop when the `Preparers` is dropped.
+    fn start<'scope>(scope: &'scope std::thread::Scope<'scope, '_>) -> Preparers {
+        let workers = (0..PREPARE_THREADS)
+            .map(|_| {
+                let (jobs, job_receiver) = std::sync::mpsc::channel::<PrepareJob>();
+                let (result_sender, results) = std::sync::mpsc::channel();
+                scope.spawn(move || {
+                    let mut parser = ValueParser::new();
+                    for (chunk, stamp) in job_receiver {
+                        let prepared: Vec<PrepareResult> = chunk
+                            .into_iter()
+                            .map(|pending| prepare_one(pending, &mut parser, &stamp))
+                            .collect();
+                        if result_sender.send(prepared).is_err() {
+                            break;
+                        }
+                    }
+                });
+                PrepareWorker { jobs, results }
             })
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+        Preparers { workers }
+    }
+
+    /// Prepares a batch on the threads, keeping the input order.
+    fn prepare(&self, items: Vec<PendingResource>) -> Result<Vec<PrepareResult>, LoadError> {
+        let stamp = store::FirstVersionStamp::new(store::now_millis());
+        let count = items.len();
+        let chunk_size = count.div_ceil(self.workers.len()).max(1);
+        let mut items = items.into_iter().peekable();
+        let mut busy = 0;
+        for worker in &self.workers {
+            if items.peek().is_none() {
+                break;
+            }
+            let chunk: Vec<PendingResource> = items.by_ref().take(chunk_size).collect();
+            if worker.jobs.send((chunk, stamp.clone())).is_err() {
+                return Err(stopped_preparer());
+            }
+            busy += 1;
+        }
+        let mut results = Vec::with_capacity(count);
+        for worker in &self.workers[..busy] {
+            results.extend(worker.results.recv().map_err(|_| stopped_preparer())?);
+        }
+        Ok(results)
+    }
+}
+
+/// Builds the error for a preparing thread that stopped. A thread stops only
+/// by panicking, and the scope that runs it then raises the panic.
+fn stopped_preparer() -> LoadError {
+    LoadError::Store(FhirError::Internal(
+        "a thread preparing resources stopped".to_owned(),
+    ))
+}
+
+fn prepare_one(
+    pending: PendingResource,
+    parser: &mut ValueParser,
+    stamp: &store::FirstVersionStamp,
+) -> PrepareResult {
+    let (resource_type, id, resource, location) = match pending {
+        PendingResource::Line { text, location } => match parse_line(parser, &text, location) {
+            Ok(parsed) => parsed,
+            Err(err) => return PrepareResult::Unreadable(err),
+        },
+        PendingResource::Parsed {
+            resource_type,
+            id,
+            resource,
+            location,
+        } => (resource_type, id, resource, location),
+    };
+    match store::prepare_first_version(&resource_type, &id, resource, stamp) {
+        Ok(prepared) => PrepareResult::Ready(prepared),
+        Err(error) => PrepareResult::Invalid {
+            resource_type,
+            location,
+            error,
+        },
+    }
+}
+
+/// Parses an NDJSON line and returns the resource's type, id, JSON and
+/// location.
+fn parse_line(
+    parser: &mut ValueParser,
+    text: &str,
+    location: String,
+) -> Result<(String, String, Value, String), LoadError> {
+    let resource = parser.parse(text).map_err(|err| LoadError::Invalid {
+        location: location.clone(),
+        message: format!("malformed JSON: {err}"),
+    })?;
+    let (resource_type, id) = identify(&resource, &location)?;
+    Ok((resource_type, id, resource, location))
+}
+
+/// Returns the error of the first line in `pending` that is not JSON or has
+/// no type or id.
+fn first_unreadable(pending: &[PendingResource]) -> Option<LoadError> {
+    let mut parser = ValueParser::new();
+    pending.iter().find_map(|item| match item {
+        PendingResource::Line { text, location } => {
+            parse_line(&mut parser, text, location.clone()).err()
+        }
+        PendingResource::Parsed { .. } => None,
     })
 }
 
@@ -653,9 +822,12 @@ fn identify(resource: &Value, location: &str) -> Result<(String, String), LoadEr
     Ok((resource_type.to_owned(), id.to_owned()))
 }
 
+/// A resource of a Bundle: type, id, JSON and location (`file entry N`).
+type BundleResource = (String, String, Value, String);
+
 /// Takes the resources out of a batch or transaction Bundle, giving each its
 /// id and rewriting references between entries.
-fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<PendingResource>, LoadError> {
+fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<BundleResource>, LoadError> {
     let bundle_type = bundle
         .get("type")
         .and_then(Value::as_str)

@@ -7,11 +7,14 @@
 //! the model does not define, or whose regular expressions do not compile.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::io::Read;
 use std::sync::OnceLock;
 
 use regex::Regex;
 use serde::Deserialize;
+
+use crate::lexical::{self, Matcher};
 
 /// The gzip-compressed R4 model that `definitions/generate.py` writes.
 static MODEL_R4_GZ: &[u8] = include_bytes!("../definitions/model-r4.json.gz");
@@ -41,6 +44,46 @@ pub enum ModelError {
     #[error("invalid FHIR model: required type '{0}' is missing")]
     MissingType(&'static str),
 }
+
+/// A multiply-rotate hasher for the short type and element names of the model. Maps keyed
+/// with it are built from the model alone, so crafted input can look names up in them but
+/// cannot add any.
+#[derive(Default)]
+pub(crate) struct NameHasher(u64);
+
+impl NameHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    /// Mixes in the bytes as little-endian words of eight, the last one padded with zeros.
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            // Built byte by byte: a copy of variable length would call memcpy.
+            let word = rest
+                .iter()
+                .rev()
+                .fold(0u64, |word, &byte| (word << 8) | u64::from(byte));
+            self.add(word);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by model names, hashed with [`NameHasher`].
+type ByName<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
 
 /// Kind of a [`TypeDef`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +196,10 @@ pub struct TypeDef {
     pub regex: Option<String>,
     /// `regex` anchored at both ends and compiled.
     pub(crate) pattern: Option<Regex>,
+    /// A hand-written matcher equal to `pattern`, for the types that have one.
+    matcher: Option<Matcher>,
     /// JSON property name → (element index, index into the element's types for choices).
-    json_names: HashMap<String, (usize, Option<usize>)>,
+    json_names: ByName<(usize, Option<usize>)>,
     /// Indexes of elements with min ≥ 1.
     pub(crate) required: Vec<usize>,
 }
@@ -171,6 +216,16 @@ impl TypeDef {
         ))
     }
 
+    /// Returns true when `text` matches the type's regular expression as a whole, or when
+    /// the type has none.
+    pub(crate) fn matches_pattern(&self, text: &str) -> bool {
+        match (self.matcher, &self.pattern) {
+            (Some(matcher), _) => matcher(text),
+            (None, Some(pattern)) => pattern.is_match(text),
+            (None, None) => true,
+        }
+    }
+
     /// Returns the element index and the chosen type index for a JSON property name.
     pub(crate) fn lookup(&self, json_name: &str) -> Option<(usize, Option<usize>)> {
         self.json_names.get(json_name).copied()
@@ -181,7 +236,7 @@ impl TypeDef {
 #[derive(Debug)]
 pub struct Model {
     types: Vec<TypeDef>,
-    by_name: HashMap<String, usize>,
+    by_name: ByName<usize>,
     resource_types: Vec<String>,
     pub(crate) extension_id: usize,
     pub(crate) reference_id: usize,
@@ -236,7 +291,7 @@ impl Model {
     fn from_raw(raw: RawModel) -> Result<Model, ModelError> {
         let mut names: Vec<&String> = raw.types.keys().collect();
         names.sort();
-        let by_name: HashMap<String, usize> = names
+        let by_name: ByName<usize> = names
             .iter()
             .enumerate()
             .map(|(index, name)| ((*name).clone(), index))
@@ -294,11 +349,7 @@ impl Model {
     }
 }
 
-fn build_type(
-    name: &str,
-    raw: &RawType,
-    by_name: &HashMap<String, usize>,
-) -> Result<TypeDef, ModelError> {
+fn build_type(name: &str, raw: &RawType, by_name: &ByName<usize>) -> Result<TypeDef, ModelError> {
     let kind = match raw.kind.as_str() {
         "resource" => TypeKind::Resource,
         "complex" => TypeKind::Complex,
@@ -316,7 +367,7 @@ fn build_type(
     }
 
     let mut elements = Vec::with_capacity(raw.elements.len());
-    let mut json_names = HashMap::new();
+    let mut json_names = ByName::default();
     let mut required = Vec::new();
     for (index, raw_element) in raw.elements.iter().enumerate() {
         let mut type_ids = Vec::with_capacity(raw_element.types.len());
@@ -367,6 +418,10 @@ fn build_type(
         TypeKind::Primitive => Primitive::from_code(name),
         _ => None,
     };
+    let matcher = raw
+        .regex
+        .as_deref()
+        .and_then(|regex| lexical::matcher(name, regex));
     Ok(TypeDef {
         name: name.to_owned(),
         kind,
@@ -375,6 +430,7 @@ fn build_type(
         primitive,
         regex: raw.regex.clone(),
         pattern,
+        matcher,
         json_names,
         required,
     })

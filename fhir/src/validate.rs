@@ -130,8 +130,15 @@ impl Validator<'_> {
 
     fn push_index(&mut self, index: usize) -> usize {
         let mark = self.path.len();
-        // Writing into a String cannot fail.
-        let _ = write!(self.path, "[{index}]");
+        self.path.push('[');
+        if index < 10 {
+            // Most arrays are short, and a digit needs no formatting machinery.
+            self.path.push(char::from(b'0' + index as u8));
+        } else {
+            // Writing into a String cannot fail.
+            let _ = write!(self.path, "{index}");
+        }
+        self.path.push(']');
         mark
     }
 
@@ -147,7 +154,7 @@ impl Validator<'_> {
             });
             return;
         };
-        let resource_type = match object.get("resourceType") {
+        let resource_type = match member(object, "resourceType") {
             Some(Value::String(name)) => name.as_str(),
             Some(other) => {
                 let mark = self.push_name("resourceType");
@@ -290,7 +297,7 @@ impl Validator<'_> {
         if type_index == model.extension_id {
             self.check_extension(object);
         } else if type_index == model.reference_id
-            && let Some(Value::String(reference)) = object.get("reference")
+            && let Some(Value::String(reference)) = member(object, "reference")
         {
             let mark = self.push_name("reference");
             self.check_reference(reference);
@@ -307,12 +314,14 @@ impl Validator<'_> {
         element_index: usize,
         choice: Option<usize>,
     ) {
+        let name = &type_def.elements[element_index].name;
+        // Every JSON name of a choice element starts with the element's name.
         let conflict = object.keys().any(|other| {
             let other = other.strip_prefix('_').unwrap_or(other);
-            matches!(type_def.lookup(other), Some((index, other_choice)) if index == element_index && other_choice != choice)
+            other.starts_with(name.as_str())
+                && matches!(type_def.lookup(other), Some((index, other_choice)) if index == element_index && other_choice != choice)
         });
         if conflict {
-            let name = &type_def.elements[element_index].name;
             self.issue(IssueType::Invalid, |path| {
                 format!("choice element '{name}[x]' at {path} is given with more than one type")
             });
@@ -551,16 +560,11 @@ impl Validator<'_> {
     }
 
     fn number(&mut self, text: &str, primitive: Primitive, type_index: usize) {
-        let matches = self
-            .model
-            .type_at(type_index)
-            .pattern
-            .as_ref()
-            .is_none_or(|pattern| pattern.is_match(text));
+        let matches = || self.model.type_at(type_index).matches_pattern(text);
         let (valid, expected) = match primitive {
-            Primitive::Decimal => (matches, "a decimal number"),
+            Primitive::Decimal => (matches(), "a decimal number"),
             Primitive::Integer => (
-                matches && text.parse::<i32>().is_ok(),
+                matches() && text.parse::<i32>().is_ok(),
                 "an integer between -2147483648 and 2147483647",
             ),
             Primitive::PositiveInt => (
@@ -587,8 +591,8 @@ impl Validator<'_> {
             });
             return;
         }
-        let pattern = self.model.type_at(type_index).pattern.as_ref();
-        let matches = || pattern.is_none_or(|pattern| pattern.is_match(text));
+        let type_def = self.model.type_at(type_index);
+        let matches = || type_def.matches_pattern(text);
         // Every primitive is a string underneath, and the rule on control
         // characters holds for all of them (codes and ids included).
         let expected = if has_forbidden_control(text) {
@@ -617,7 +621,7 @@ impl Validator<'_> {
     ) -> Result<(), &'static str> {
         match primitive {
             Primitive::Uri | Primitive::Url | Primitive::Canonical => {
-                (!text.chars().any(char::is_whitespace)).then_some(()).ok_or("a URI without whitespace")
+                (!has_whitespace(text)).then_some(()).ok_or("a URI without whitespace")
             }
             Primitive::Base64Binary => is_base64(text).then_some(()).ok_or("base64 content"),
             Primitive::Xhtml => is_xhtml_div(text).then_some(()).ok_or("an XHTML <div> element"),
@@ -655,10 +659,9 @@ impl Validator<'_> {
         } else if reference.starts_with("urn:oid:") {
             self.model
                 .type_def("oid")
-                .and_then(|oid| oid.pattern.as_ref())
-                .is_some_and(|pattern| pattern.is_match(reference))
+                .is_some_and(|oid| oid.pattern.is_some() && oid.matches_pattern(reference))
         } else if has_scheme(reference) {
-            !reference.chars().any(char::is_whitespace)
+            !has_whitespace(reference)
         } else {
             match self.relative_reference(reference) {
                 RelativeReference::Valid => true,
@@ -687,15 +690,16 @@ impl Validator<'_> {
     /// Checks `Type/id`, `Type/id/_history/version` and the conditional form `Type?query`,
     /// which transaction bundles and bulk data use before the server resolves it.
     fn relative_reference<'r>(&self, reference: &'r str) -> RelativeReference<'r> {
-        let Some((resource_type, rest)) = reference.split_once(['/', '?']) else {
+        let Some(separator) = reference.bytes().position(|b| b == b'/' || b == b'?') else {
             return RelativeReference::InvalidSyntax;
         };
+        let (resource_type, rest) = (&reference[..separator], &reference[separator + 1..]);
         if !is_type_name(resource_type) {
             return RelativeReference::InvalidSyntax;
         }
         let conditional = reference.as_bytes()[resource_type.len()] == b'?';
         let syntax_ok = if conditional {
-            !rest.is_empty() && !rest.chars().any(char::is_whitespace)
+            !rest.is_empty() && !has_whitespace(rest)
         } else {
             let mut parts = rest.split('/');
             match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -726,6 +730,21 @@ fn display_path(path: &str) -> &str {
         "the document root"
     } else {
         path
+    }
+}
+
+/// Returns the value of a member of a JSON object. Small objects, and the first member of any
+/// object, are found by comparing keys in order, which is cheaper than hashing the key.
+fn member<'v>(object: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
+    const LINEAR_LOOKUP_MAX_KEYS: usize = 8;
+    if object.len() <= LINEAR_LOOKUP_MAX_KEYS {
+        return object
+            .iter()
+            .find_map(|(name, value)| (name == key).then_some(value));
+    }
+    match object.iter().next() {
+        Some((first, value)) if first == key => Some(value),
+        _ => object.get(key),
     }
 }
 
@@ -806,8 +825,32 @@ fn primitive_name(primitive: Primitive) -> &'static str {
 
 /// FHIR strings may contain no control characters other than tab, line feed and carriage return.
 fn has_forbidden_control(text: &str) -> bool {
-    text.bytes()
-        .any(|b| b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r')
+    let forbidden = |b: u8| b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r';
+    let mut words = text.as_bytes().chunks_exact(8);
+    // Most strings contain no control character at all, which a test of eight bytes at once
+    // shows: a byte below 0x20 sets its high bit in `word - 0x2020..20`, and `!word` keeps
+    // that bit.
+    for word in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let word_value = u64::from_le_bytes(bytes);
+        let below_space =
+            word_value.wrapping_sub(0x2020_2020_2020_2020) & !word_value & 0x8080_8080_8080_8080;
+        if below_space != 0 && word.iter().any(|&b| forbidden(b)) {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| forbidden(b))
+}
+
+/// Returns true when the text contains a Unicode White_Space character, as
+/// `text.chars().any(char::is_whitespace)` does, testing ASCII text byte by byte.
+fn has_whitespace(text: &str) -> bool {
+    if text.is_ascii() {
+        text.bytes().any(|b| matches!(b, b' ' | b'\t'..=b'\r'))
+    } else {
+        text.chars().any(char::is_whitespace)
+    }
 }
 
 /// Checks the base64Binary format: base64 alphabet characters (with `=` padding) in groups of
@@ -831,15 +874,31 @@ fn is_xhtml_div(text: &str) -> bool {
 }
 
 /// Rejects days that do not exist, such as 2021-02-29, which the spec's regular expressions
-/// accept. The text must already match the date, dateTime or instant pattern.
+/// accept. The text must already match the date, dateTime or instant pattern, so a full date
+/// starts with `YYYY-MM-DD` in ASCII digits, month 01 to 12 and day 01 to 31.
 fn calendar_day_exists(text: &str) -> bool {
-    let Some(date) = text.get(..10) else {
-        return true;
-    };
-    if date.as_bytes().get(7) != Some(&b'-') {
+    let date = text.as_bytes();
+    if date.len() < 10 || date[7] != b'-' {
         return true;
     }
-    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok()
+    let number = |digits: &[u8]| {
+        digits.iter().fold(0u32, |value, digit| {
+            value * 10 + u32::from(digit.wrapping_sub(b'0'))
+        })
+    };
+    let (year, month, day) = (
+        number(&date[..4]),
+        number(&date[5..7]),
+        number(&date[8..10]),
+    );
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    day <= days
 }
 
 fn is_id(text: &str) -> bool {
@@ -861,15 +920,16 @@ fn is_uuid(text: &str) -> bool {
 
 /// Returns true when the text starts with a URI scheme such as `https:`.
 fn has_scheme(text: &str) -> bool {
-    let Some((scheme, rest)) = text.split_once(':') else {
+    // The scan stops at the first byte that cannot be in a scheme: the text has a scheme only
+    // if that byte is the colon ending it.
+    let bytes = text.as_bytes();
+    let Some(colon) = bytes
+        .iter()
+        .position(|&b| !(b.is_ascii_alphanumeric() || b == b'+' || b == b'.' || b == b'-'))
+    else {
         return false;
     };
-    !rest.is_empty()
-        && scheme.len() > 1
-        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'.' || b == b'-')
+    bytes[colon] == b':' && colon > 1 && colon + 1 < bytes.len() && bytes[0].is_ascii_alphabetic()
 }
 
 fn is_type_name(text: &str) -> bool {
@@ -1195,6 +1255,90 @@ mod tests {
         }
         let found = issues(Value::Object(patient));
         assert_eq!(found.len(), MAX_ISSUES);
+    }
+
+    #[test]
+    fn calendar_days_match_chrono() {
+        for year in [
+            1, 4, 100, 400, 1600, 1900, 2000, 2020, 2021, 2100, 2400, 9999,
+        ] {
+            for month in 1..=12 {
+                for day in 1..=31 {
+                    let date = format!("{year:04}-{month:02}-{day:02}");
+                    let exists = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d").is_ok();
+                    assert_eq!(calendar_day_exists(&date), exists, "{date}");
+                    let date_time = format!("{date}T10:00:00Z");
+                    assert_eq!(calendar_day_exists(&date_time), exists, "{date_time}");
+                }
+            }
+        }
+        assert!(calendar_day_exists("2021-02"));
+        assert!(calendar_day_exists("2021"));
+    }
+
+    #[test]
+    fn scheme_detection_matches_definition() {
+        // A scheme is the text before the first colon: a letter, then at least one more
+        // letter, digit, '+', '.' or '-', and something must follow the colon.
+        let defined = |text: &str| {
+            let Some((scheme, rest)) = text.split_once(':') else {
+                return false;
+            };
+            !rest.is_empty()
+                && scheme.len() > 1
+                && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'.' || b == b'-')
+        };
+        let alphabet = ['a', '1', '+', '-', ':', '/', '#', ' ', 'é'];
+        let mut texts = vec![String::new()];
+        for _ in 0..5 {
+            for text in &texts {
+                assert_eq!(has_scheme(text), defined(text), "{text:?}");
+            }
+            texts = texts
+                .iter()
+                .flat_map(|text| alphabet.iter().map(move |c| format!("{text}{c}")))
+                .collect();
+        }
+    }
+
+    #[test]
+    fn byte_tests_match_char_tests() {
+        let mut texts: Vec<String> = (0u32..0x3000)
+            .filter_map(char::from_u32)
+            .flat_map(|c| {
+                (0..10).map(move |offset| {
+                    let mut text = "a".repeat(offset);
+                    text.push(c);
+                    text.push_str("bcdefgh");
+                    text
+                })
+            })
+            .collect();
+        texts.push(String::new());
+        for text in &texts {
+            assert_eq!(
+                has_whitespace(text),
+                text.chars().any(char::is_whitespace),
+                "{text:?}"
+            );
+            assert_eq!(
+                has_forbidden_control(text),
+                text.chars()
+                    .any(|c| c < ' ' && c != '\t' && c != '\n' && c != '\r'),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_array_index_in_path() {
+        let given: Vec<Value> = (0..12).map(|n| json!(format!("g{n}"))).collect();
+        let mut patient = json!({"resourceType": "Patient", "name": [{"given": given}]});
+        patient["name"][0]["given"][11] = json!("");
+        assert_single_issue(patient, IssueType::Value, "Patient.name[0].given[11]");
     }
 
     #[test]

@@ -19,7 +19,8 @@ use sqlx::PgConnection;
 
 use crate::error::{FhirError, FhirResult};
 pub use prepare::{
-    PreparedResource, content_hash, is_valid_id, prepare, stamp_first_version, stamp_meta,
+    FirstVersionStamp, PreparedResource, content_hash, is_valid_id, prepare, prepare_first_version,
+    stamp_meta,
 };
 
 /// A resource version read from the store; the body stays as PostgreSQL's

@@ -89,13 +89,34 @@ impl<'a, 'v> Context<'a, 'v> {
                 cache,
             } => {
                 let mut out = Vec::new();
-                match target {
+                match target.as_deref() {
                     None => {
                         for item in focus {
                             if starts_uppercase(name) && types::item_is_type(item, name) {
                                 out.push(item.clone());
                             } else {
                                 navigate_member(item, name, cache, &mut out);
+                            }
+                        }
+                    }
+                    Some(Expr::Member {
+                        target: None,
+                        name: first,
+                        cache: first_cache,
+                    }) if starts_uppercase(first) => {
+                        // `Type.name`, the shape of most search parameter paths. A focus item
+                        // of the type is navigated in place, without first collecting the
+                        // items that pass the type test.
+                        let mut inner = Vec::new();
+                        for item in focus {
+                            if types::item_is_type(item, first) {
+                                navigate_member(item, name, cache, &mut out);
+                            } else {
+                                inner.clear();
+                                navigate_member(item, first, first_cache, &mut inner);
+                                for child in &inner {
+                                    navigate_member(child, name, cache, &mut out);
+                                }
                             }
                         }
                     }
@@ -1129,7 +1150,7 @@ fn underscore_sibling<'a>(
 
 /// Objects with at most this many keys are searched by comparing keys in order, which is
 /// faster than hashing the name for the map's lookup.
-const LINEAR_LOOKUP_MAX_KEYS: usize = 8;
+const LINEAR_LOOKUP_MAX_KEYS: usize = 16;
 
 /// Returns the value of a property of a JSON object.
 fn field<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
@@ -1185,7 +1206,8 @@ fn typed_node<'a>(
     extension: Option<&'a Value>,
 ) -> Item<'a> {
     let type_name: Cow<'a, str> = match child_type {
-        Some("Resource") | None => match value.get("resourceType").and_then(Value::as_str) {
+        Some("Resource") | None => match types::resource_type_member(value).and_then(Value::as_str)
+        {
             Some(resource_type) => Cow::Borrowed(resource_type),
             None => Cow::Borrowed(child_type.unwrap_or("")),
         },

@@ -6,7 +6,7 @@
 
 use super::Item;
 use super::parser::TypeSpec;
-use crate::model::Model;
+use crate::model::{Model, NameHasher};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -16,14 +16,27 @@ use std::sync::OnceLock;
 
 /// Builds the root item of a resource, typed by its `resourceType`.
 pub(crate) fn resource_item(resource: &Value) -> Item<'_> {
-    let type_name = resource
-        .get("resourceType")
+    let type_name = resource_type_member(resource)
         .and_then(Value::as_str)
         .unwrap_or("");
     Item::Node {
         value: resource,
         type_name: Cow::Borrowed(type_name),
         primitive_extension: None,
+    }
+}
+
+/// Returns the `resourceType` member of a JSON object, as `value.get("resourceType")` does.
+/// Resources nearly always give it first, so the first member is compared before the key is
+/// hashed for a lookup.
+pub(crate) fn resource_type_member(value: &Value) -> Option<&Value> {
+    let Value::Object(map) = value else {
+        return None;
+    };
+    match map.iter().next() {
+        Some((key, member)) if key == "resourceType" => Some(member),
+        Some(_) => map.get("resourceType"),
+        None => None,
     }
 }
 
@@ -69,26 +82,7 @@ impl PartialEq for MemberCache {
     }
 }
 
-/// A multiply-rotate hasher for the short type and element names of the model. The cache
-/// below holds only names the model defines, so crafted keys cannot make it grow.
-#[derive(Default)]
-struct NameHasher(u64);
-
-impl std::hash::Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
+// The cache below holds only names the model defines, so crafted keys cannot make it grow.
 type NameMap<V> = HashMap<Box<str>, V, BuildHasherDefault<NameHasher>>;
 
 thread_local! {
@@ -187,7 +181,7 @@ pub(crate) fn item_is_type(item: &Item<'_>, name: &str) -> bool {
             if type_name == name {
                 return true;
             }
-            let is_resource = value.get("resourceType").is_some();
+            let is_resource = resource_type_member(value).is_some();
             is_resource
                 && (name == "Resource" || (name == "DomainResource" && is_domain(type_name)))
         }
@@ -214,7 +208,7 @@ pub(crate) fn item_matches(item: &Item<'_>, spec: &TypeSpec) -> bool {
             type_name == name
                 || primitive_specializes(type_name, name)
                 || (spec.namespace.is_none() && system_type_of_node(value, type_name) == Some(name))
-                || (value.get("resourceType").is_some() && item_is_type(item, name))
+                || (resource_type_member(value).is_some() && item_is_type(item, name))
         }
         Item::Resolved { resource_type, .. } => {
             !system
@@ -259,7 +253,11 @@ fn system_type_of_node(value: &Value, type_name: &str) -> Option<&'static str> {
 /// forms. Returns `None` for contained (`#id`), `urn:` and other references without a
 /// resource type segment.
 pub fn split_reference(reference: &str) -> Option<(&str, &str)> {
-    let path = reference.split(['?', '#']).next()?;
+    let end = reference
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(reference.len());
+    let path = &reference[..end];
     // The last four non-empty segments decide: `Type/id` or `Type/id/_history/version`.
     let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
     let last = segments.next()?;
