@@ -134,9 +134,11 @@ async fn write_unique(
         }
         let (instant, text) = match prepared.first_version.take() {
             Some(first) if version_id == 1 => first,
-            _ => {
-                stamp_meta(&mut prepared.resource, version_id, last_updated);
-                let text = serde_json::to_string(&prepared.resource)
+            first => {
+                prepared.first_version = first;
+                let mut resource = prepared.into_resource()?;
+                stamp_meta(&mut resource, version_id, last_updated);
+                let text = serde_json::to_string(&resource)
                     .map_err(|err| FhirError::Internal(format!("serializing resource: {err}")))?;
                 (last_updated, text)
             }
