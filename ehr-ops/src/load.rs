@@ -135,6 +135,9 @@ pub struct LoadReport {
     pub files: usize,
     /// Wall time.
     pub elapsed: Duration,
+    /// Index rows of conditional references (`Type?identifier=...`) that
+    /// now point at their target, in the whole tenant.
+    pub references_resolved: u64,
 }
 
 impl LoadReport {
@@ -383,6 +386,7 @@ pub async fn load(
         return Err(err);
     }
     produced?;
+    report.references_resolved = resolve_references(db, tenant).await;
     // Batches commit without waiting for their WAL flush; one synchronous
     // commit at the end flushes all of them before the load reports success.
     let mut flush = db.begin_tenant(tenant).await?;
@@ -414,6 +418,47 @@ pub async fn load(
         "load finished"
     );
     Ok(report)
+}
+
+/// Resolves the tenant's conditional references after a load, which may
+/// have brought their targets, and returns the count of rows resolved. A
+/// failure costs no loaded data, because the batches are committed and the
+/// next load tries again, so it is logged rather than returned. Writers that
+/// change the same index rows at the same time can make PostgreSQL cancel
+/// the statement as a deadlock, which is retried.
+async fn resolve_references(db: &Database, tenant: &str) -> u64 {
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        let result = async {
+            let mut tx = db.begin_tenant(tenant).await?;
+            let resolved = store::index::resolve_conditional_references(&mut tx).await?;
+            tx.commit().await?;
+            Ok::<u64, sqlx::Error>(resolved)
+        }
+        .await;
+        match result {
+            Ok(resolved) => {
+                tracing::info!(tenant, resolved, "conditional references resolved");
+                return resolved;
+            }
+            Err(err) if attempt < ATTEMPTS && is_retryable(&err) => {
+                tracing::warn!(tenant, attempt, error = %err, "resolving conditional references failed, retrying");
+            }
+            Err(err) => {
+                tracing::warn!(tenant, attempt, error = %err, "resolving conditional references failed, the next load tries again");
+                return 0;
+            }
+        }
+    }
+    0
+}
+
+/// Tells whether PostgreSQL cancelled a statement as a deadlock or a
+/// serialization failure, which a new attempt may not meet.
+fn is_retryable(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db_err| db_err.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
 }
 
 /// Runs each statement in turn.

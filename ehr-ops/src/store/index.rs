@@ -673,6 +673,59 @@ pub async fn clear_keys(
     Ok(())
 }
 
+/// Points references of the form `Type?identifier=system|value` at the one
+/// resource of that type with that identifier, and returns how many index
+/// rows changed. Bulk Data exports write such conditional references (Synthea
+/// names practitioners, organizations and locations this way), and their
+/// targets often arrive in a later file than the resources that name them.
+///
+/// Only the index rows change: the stored resource keeps the reference as
+/// written, and searches, `_include` and `_revinclude` follow the resolved
+/// target. A criterion that matches no resource or several stays unresolved
+/// and is tried again at the next call. The form `identifier=value` matches
+/// any system, and `identifier=|value` only values without one.
+///
+/// NOTE: only this one criterion is understood, without percent-decoding or
+/// the `\|` escape of token searches. Other conditional references stay text,
+/// and only loads call this: an API write that changes a resource's
+/// references leaves its conditional ones unresolved until the next load.
+pub async fn resolve_conditional_references(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let result = sqlx::query(
+        "WITH pending AS ( \
+           SELECT DISTINCT url FROM idx_reference \
+           WHERE tenant = current_setting('infoctor.tenant') AND target_id IS NULL \
+             AND url ~ '^[A-Z][A-Za-z]*[?]identifier=[^&]+$' \
+         ), criteria AS ( \
+           SELECT url, split_part(url, '?', 1) AS target_type, \
+             substr(url, strpos(url, '=') + 1) AS criterion \
+           FROM pending \
+         ), parsed AS ( \
+           SELECT url, target_type, strpos(criterion, '|') > 0 AS has_system, \
+             nullif(split_part(criterion, '|', 1), '') AS system, \
+             CASE WHEN strpos(criterion, '|') > 0 \
+               THEN substr(criterion, strpos(criterion, '|') + 1) ELSE criterion END AS value \
+           FROM criteria \
+         ), matched AS ( \
+           SELECT p.url, p.target_type, min(t.id) AS target_id \
+           FROM parsed p \
+           JOIN idx_token t \
+             ON t.param_key = idx_param_key(current_setting('infoctor.tenant'), p.target_type, 'identifier') \
+            AND t.tenant = current_setting('infoctor.tenant') \
+            AND t.resource_type = p.target_type AND t.code = 'identifier' AND t.value = p.value \
+            AND (NOT p.has_system OR t.system IS NOT DISTINCT FROM p.system) \
+           GROUP BY p.url, p.target_type \
+           HAVING count(DISTINCT t.id) = 1 \
+         ) \
+         UPDATE idx_reference r \
+         SET target_type = m.target_type, target_id = m.target_id, url = NULL \
+         FROM matched m \
+         WHERE r.tenant = current_setting('infoctor.tenant') AND r.target_id IS NULL AND r.url = m.url",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use infoctor_ehr_ops::load::{LoadError, LoadOptions, LoadReport, NoProgress, load};
 use serde_json::Value;
 
-use crate::common::{TestServer, server, test_data};
+use crate::common::{TestServer, entry_ids, server, test_data};
 
 /// Per-type counts of the Synthea R4 export of 400 patients (124,034 resources).
 const SYNTHEA_R4_COUNTS: [(&str, i64); 16] = [
@@ -311,6 +311,18 @@ async fn bulk_ten_export_loads_exact_counts() {
     .await
     .expect("load bulk export");
     assert_eq!(report.files, 13, "log.ndjson is not data");
+    // The export names practitioners, organizations and locations by
+    // identifier, and every one of them is in the export.
+    assert!(report.references_resolved > 0);
+    let mut tx = server.db.begin_tenant(&tenant).await.expect("begin");
+    let unresolved: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM idx_reference WHERE target_id IS NULL AND url LIKE '%?identifier=%'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .expect("count unresolved references");
+    tx.commit().await.expect("commit");
+    assert_eq!(unresolved, 0, "conditional references left unresolved");
     for (resource_type, expected) in BULK_10_COUNTS {
         assert_eq!(
             created(&report, resource_type) as i64,
@@ -561,5 +573,175 @@ async fn changed_resource_adds_one_version() {
     assert_eq!(
         found["total"], 1,
         "the index follows the new version: {found}"
+    );
+}
+
+const NPI: &str = "http://hl7.org/fhir/sid/us-npi";
+
+fn practitioner(id: &str, system: &str, value: &str) -> String {
+    serde_json::json!({
+        "resourceType": "Practitioner",
+        "id": id,
+        "identifier": [{"system": system, "value": value}]
+    })
+    .to_string()
+}
+
+fn encounter_seen_by(id: &str, reference: &str) -> String {
+    serde_json::json!({
+        "resourceType": "Encounter",
+        "id": id,
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "participant": [{"individual": {"reference": reference}}]
+    })
+    .to_string()
+}
+
+async fn search_ids(server: &TestServer, tenant: &str, query: &str, mode: &str) -> Vec<String> {
+    let (status, body) = server.get(tenant, query).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    entry_ids(&body, mode)
+}
+
+#[tokio::test]
+async fn conditional_references_resolve_to_one_target() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let other = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    // The other tenant has the only practitioner with NPI 333 at first.
+    let other_file = write_ndjson(
+        dir.path(),
+        "Other.ndjson",
+        &[practitioner("p-other", NPI, "333")],
+    );
+    load(
+        &server.db,
+        &other,
+        &[other_file],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("load the other tenant");
+
+    // Encounters come first, as in an export whose files load in name order.
+    let first = write_ndjson(
+        dir.path(),
+        "First.ndjson",
+        &[
+            encounter_seen_by("e1", &format!("Practitioner?identifier={NPI}|111")),
+            encounter_seen_by("e2", &format!("Practitioner?identifier={NPI}|222")),
+            encounter_seen_by("e3", &format!("Practitioner?identifier={NPI}|333")),
+            encounter_seen_by("e4", "Practitioner?identifier=444"),
+            practitioner("pa", NPI, "111"),
+            practitioner("pb", NPI, "222"),
+            practitioner("pc", NPI, "222"),
+            practitioner("pe", "urn:example:staff", "444"),
+        ],
+    );
+    let report = load(
+        &server.db,
+        &tenant,
+        &[first],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("first load");
+    assert_eq!(report.references_resolved, 2, "e1 and e4 resolve");
+
+    assert_eq!(
+        search_ids(
+            &server,
+            &tenant,
+            "Encounter?practitioner=Practitioner/pa",
+            "match"
+        )
+        .await,
+        ["Encounter/e1"]
+    );
+    assert_eq!(
+        search_ids(&server, &tenant, "Encounter?participant=pa", "match").await,
+        ["Encounter/e1"]
+    );
+    assert_eq!(
+        search_ids(&server, &tenant, "Encounter?practitioner=pe", "match").await,
+        ["Encounter/e4"],
+        "a criterion without a system matches any system"
+    );
+    // Two practitioners share NPI 222, so e2 names neither.
+    for id in ["pb", "pc"] {
+        assert!(
+            search_ids(
+                &server,
+                &tenant,
+                &format!("Encounter?practitioner={id}"),
+                "match"
+            )
+            .await
+            .is_empty(),
+            "an ambiguous criterion resolved to {id}"
+        );
+    }
+    let included = search_ids(
+        &server,
+        &tenant,
+        "Encounter?_id=e1&_include=Encounter:practitioner",
+        "include",
+    )
+    .await;
+    assert_eq!(included, ["Practitioner/pa"]);
+    let reverse = search_ids(
+        &server,
+        &tenant,
+        "Practitioner?_id=pa&_revinclude=Encounter:practitioner",
+        "include",
+    )
+    .await;
+    assert_eq!(reverse, ["Encounter/e1"]);
+    let (status, stored) = server.get(&tenant, "Encounter/e1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        stored["participant"][0]["individual"]["reference"],
+        format!("Practitioner?identifier={NPI}|111"),
+        "the stored reference keeps its text"
+    );
+
+    // The target of e3 exists only in the other tenant so far.
+    assert!(
+        search_ids(&server, &tenant, "Encounter?practitioner=p-other", "match")
+            .await
+            .is_empty(),
+        "a reference resolved across tenants"
+    );
+    let second = write_ndjson(
+        dir.path(),
+        "Second.ndjson",
+        &[practitioner("pd", NPI, "333")],
+    );
+    let report = load(
+        &server.db,
+        &tenant,
+        &[second],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("second load");
+    assert_eq!(
+        report.references_resolved, 1,
+        "e3 resolves once its target arrives"
+    );
+    assert_eq!(
+        search_ids(&server, &tenant, "Encounter?practitioner=pd", "match").await,
+        ["Encounter/e3"]
+    );
+    assert!(
+        search_ids(&server, &other, "Encounter?practitioner=p-other", "match")
+            .await
+            .is_empty()
     );
 }

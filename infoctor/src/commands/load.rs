@@ -99,6 +99,12 @@ pub fn print_report(report: &LoadReport) {
         seconds,
         report.total() as f64 / seconds
     );
+    if report.references_resolved > 0 {
+        println!(
+            "{} conditional references (Type?identifier=...) now point at their target",
+            report.references_resolved
+        );
+    }
 }
 
 /// Loads paths into a tenant with a progress bar.
