@@ -173,4 +173,17 @@ impl FhirError {
     pub fn is_internal(&self) -> bool {
         matches!(self, FhirError::Database(_) | FhirError::Internal(_))
     }
+
+    /// Tells whether PostgreSQL cancelled the statement as a deadlock or a
+    /// serialization failure, so the whole transaction may succeed when run
+    /// again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FhirError::Database(err) => err
+                .as_database_error()
+                .and_then(|db_err| db_err.code())
+                .is_some_and(|code| code == "40P01" || code == "40001"),
+            _ => false,
+        }
+    }
 }

@@ -98,7 +98,8 @@ const CLOSING_STATEMENTS: [&str; 9] = [
 /// Settings of a load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Resources per database transaction.
+    /// Resources read per batch. The batch's resources are spread over the
+    /// concurrent writers by key, each writing its share in one transaction.
     pub batch_size: usize,
     /// Skip invalid resources (logged and counted) instead of stopping.
     pub skip_invalid: bool,

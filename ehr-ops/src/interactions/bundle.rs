@@ -203,13 +203,45 @@ async fn batch(
     response.into_response()
 }
 
+/// Attempts of a transaction Bundle that PostgreSQL cancels as a deadlock.
+const TRANSACTION_ATTEMPTS: u32 = 3;
+
 async fn transaction(
+    db: &Database,
+    call: &Call,
+    requests: Vec<Request>,
+    preference: ReturnPreference,
+) -> FhirResult<FhirResponse> {
+    check_transaction_entries(&requests)?;
+    // Two transactions that write the same resources in different orders
+    // can deadlock, and PostgreSQL cancels one of them. Nothing of the
+    // cancelled one was committed, so it runs again from the start.
+    for attempt in 1..TRANSACTION_ATTEMPTS {
+        match run_transaction(db, call, requests.clone(), preference).await {
+            Err(err) if err.is_transient() => {
+                tracing::warn!(request_id = %call.context.request_id, attempt, error = %err, "transaction cancelled by the database, retrying");
+            }
+            result => return result,
+        }
+    }
+    match run_transaction(db, call, requests, preference).await {
+        Err(err) if err.is_transient() => {
+            tracing::warn!(request_id = %call.context.request_id, attempt = TRANSACTION_ATTEMPTS, error = %err, "transaction cancelled by the database");
+            Err(FhirError::Conflict(format!(
+                "the transaction conflicted with concurrent writes to the same resources {TRANSACTION_ATTEMPTS} times, so nothing was written. Send it again"
+            )))
+        }
+        result => result,
+    }
+}
+
+/// Runs a transaction Bundle once, all or nothing.
+async fn run_transaction(
     db: &Database,
     call: &Call,
     mut requests: Vec<Request>,
     preference: ReturnPreference,
 ) -> FhirResult<FhirResponse> {
-    check_transaction_entries(&requests)?;
     let mut tx = db.begin_tenant(&call.context.tenant).await?;
     let mut references: HashMap<String, String> = HashMap::new();
 

@@ -23,7 +23,7 @@ pub async fn create(
 ) -> FhirResult<FhirResponse> {
     check_type(resource_type)?;
     if let Some(query) = if_none_exist {
-        lock_condition(conn, resource_type, query).await?;
+        lock_condition(conn, resource_type).await?;
         let pairs = query_pairs(Some(query.trim_start_matches('?')));
         let request = search::params::parse(resource_type, &pairs)?;
         let ids = search::matching_ids(conn, &request, 2).await?;
@@ -73,16 +73,14 @@ pub async fn create_with_id(
     ))
 }
 
-/// Serializes conditional writes on the same criteria within the tenant, so
-/// two concurrent conditional creates cannot both create.
-pub async fn lock_condition(
-    conn: &mut PgConnection,
-    resource_type: &str,
-    query: &str,
-) -> FhirResult<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(current_setting('infoctor.tenant') || '/' || $1 || '?' || $2, 0))")
+/// Serializes the conditional writes (create, update and delete) of one
+/// resource type within the tenant, so two concurrent conditional creates
+/// cannot both create. The lock covers the type rather than the criteria:
+/// criteria written in another order, with another encoding, or in another
+/// form that matches the same resource must wait for each other too.
+pub async fn lock_condition(conn: &mut PgConnection, resource_type: &str) -> FhirResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(current_setting('infoctor.tenant') || '/' || $1 || '?', 0))")
         .bind(resource_type)
-        .bind(query)
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -58,7 +58,7 @@ pub async fn conditional_delete(
             None,
         ));
     }
-    lock_condition(conn, resource_type, query).await?;
+    lock_condition(conn, resource_type).await?;
     let request = search::params::parse(resource_type, &pairs)?;
     let ids = search::matching_ids(conn, &request, 2).await?;
     match ids.as_slice() {

@@ -28,8 +28,11 @@ pub async fn patch(
     })?;
     // Without If-Match a patch applies to whatever version is current, so it
     // waits for other writers of the key instead of failing on their commit.
+    // API writes take the key's advisory lock, and loads and deletes the
+    // row's lock.
     if store::is_valid_id(id) {
         store::lock_key(conn, resource_type, id).await?;
+        store::lock_row(conn, resource_type, id).await?;
     }
     let current = store::read(conn, resource_type, id).await?;
     let mut resource = store::parse_body(&current)?;

@@ -68,7 +68,7 @@ pub async fn conditional_update(
     preference: ReturnPreference,
 ) -> FhirResult<FhirResponse> {
     check_type(resource_type)?;
-    lock_condition(conn, resource_type, query).await?;
+    lock_condition(conn, resource_type).await?;
     let pairs = query_pairs(Some(query));
     if pairs.is_empty() {
         return Err(FhirError::invalid(

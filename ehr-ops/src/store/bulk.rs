@@ -83,38 +83,73 @@ async fn write_unique(
     // One query per resource type, `id = ANY(...)`, so each is an index scan
     // on the primary key. Rows are locked in key order to avoid deadlocks
     // with concurrent writers.
-    let mut by_type: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (resource_type, id) in latest.keys() {
-        by_type
-            .entry(resource_type.as_str())
-            .or_default()
-            .push(id.clone());
-    }
-    let mut current: Vec<CurrentRow> = Vec::with_capacity(latest.len());
-    for (resource_type, ids) in by_type {
-        let rows: Vec<CurrentRow> = sqlx::query_as(
-            "SELECT resource_type, id, version_id, deleted, content_hash, index_digests FROM resources \
-             WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = ANY($2) \
-             ORDER BY id FOR UPDATE",
-        )
-        .bind(resource_type)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        current.extend(rows);
-    }
-    let current: HashMap<(String, String), CurrentState> = current
+    let entries: Vec<((String, String), PreparedResource, Digests)> = latest
         .into_iter()
-        .map(|(rt, id, version, deleted, hash, digests)| {
-            ((rt, id), (version, deleted, hash, digests))
+        .map(|(key, prepared)| {
+            let digests = index::digests(&prepared.entries);
+            (key, prepared, digests)
         })
         .collect();
+    let keys: Vec<&(String, String)> = entries.iter().map(|(key, ..)| key).collect();
+    let mut current = lookup(conn, &keys).await?;
 
+    // New keys are claimed before anything else is written. Their rows go in
+    // with `ON CONFLICT DO NOTHING`, which waits for a concurrent writer of
+    // the same key (another load, or the API) to finish. A key that writer
+    // committed first is read again, locked, and written as its next
+    // version.
     let last_updated = now_millis();
+    let mut claim = ResourceRows::default();
+    for (key, prepared, digests) in &entries {
+        if !current.contains_key(key) {
+            let instant = prepared
+                .first_version
+                .as_ref()
+                .map_or(last_updated, |(instant, _)| *instant);
+            claim.push(prepared, 1, instant, digests);
+        }
+    }
+    if !claim.id.is_empty() {
+        let inserted: std::collections::HashSet<(String, String)> = claim
+            .bind(sqlx::query_as(
+                "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
+                 SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash, \
+                   ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
+                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[]) \
+                   AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6) \
+                 ON CONFLICT (tenant, resource_type, id) DO NOTHING \
+                 RETURNING resource_type, id",
+            ))
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        let lost: Vec<&(String, String)> = keys
+            .iter()
+            .copied()
+            .filter(|key| !current.contains_key(*key) && !inserted.contains(*key))
+            .collect();
+        if !lost.is_empty() {
+            tracing::debug!(
+                keys = lost.len(),
+                "resources created by a concurrent writer, writing them as updates"
+            );
+            let found = lookup(conn, &lost).await?;
+            if let Some(missing) = lost.iter().find(|key| !found.contains_key(**key)) {
+                return Err(FhirError::Internal(format!(
+                    "{}/{} was neither stored nor free to create. Run the load again",
+                    missing.0, missing.1
+                )));
+            }
+            current.extend(found);
+        }
+    }
+
     let mut rows = VersionRows::default();
+    let mut updated = ResourceRows::default();
     let mut written: Vec<(PreparedResource, IndexPlan)> = Vec::new();
-    for (key, mut prepared) in latest {
-        let digests = index::digests(&prepared.entries);
+    for (key, mut prepared, digests) in entries {
         let (version_id, operation, plan) = match current.get(&key) {
             None => (1, "create", index::plan(Some(&index::NO_ROWS), &digests)),
             Some((_, false, Some(hash), _)) if *hash == prepared.hash => {
@@ -143,55 +178,31 @@ async fn write_unique(
                 (last_updated, text)
             }
         };
-        let version = NewVersion {
-            version_id,
-            operation,
-            stored: current.contains_key(&key),
-        };
-        rows.push(&prepared, version, text, instant, &digests);
+        if current.contains_key(&key) {
+            updated.push(&prepared, version_id, instant, &digests);
+        }
+        rows.push(&prepared, version_id, operation, text, instant);
         written.push((prepared, plan));
     }
     if written.is_empty() {
         return Ok(counts);
     }
 
-    // New keys get a plain INSERT and stored ones an UPDATE. The rows of
-    // stored keys are locked above, and a plain INSERT costs about a third
-    // less than INSERT ... ON CONFLICT, which probes the key index before
-    // every row it inserts.
-    if rows.stored.iter().any(|stored| !stored) {
-        bind_resource_rows(
-            sqlx::query(
-            "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
-             SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash, \
-               ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
-               $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
-               $13::boolean[]) \
-               AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6, stored) \
-             WHERE NOT k.stored",
-            ),
-            &rows,
-        )
-        .execute(&mut *conn)
-        .await?;
-    }
-    if rows.stored.iter().any(|stored| *stored) {
-        bind_resource_rows(
-            sqlx::query(
-            "UPDATE resources r SET version_id = k.version_id, last_updated = k.last_updated, deleted = false, \
-               content_hash = k.hash, index_digests = ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
-             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
-               $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
-               $13::boolean[]) \
-               AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6, stored) \
-             WHERE k.stored AND r.tenant = current_setting('infoctor.tenant') \
-               AND r.resource_type = k.resource_type AND r.id = k.id",
-            ),
-            &rows,
-        )
-        .execute(&mut *conn)
-        .await?;
+    if !updated.id.is_empty() {
+        // `RETURNING` lets this statement share the binding of the claim.
+        let _: Vec<(i64,)> = updated
+            .bind(sqlx::query_as(
+                "UPDATE resources r SET version_id = k.version_id, last_updated = k.last_updated, deleted = false, \
+                   content_hash = k.hash, index_digests = ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
+                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
+                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[]) \
+                   AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6) \
+                 WHERE r.tenant = current_setting('infoctor.tenant') \
+                   AND r.resource_type = k.resource_type AND r.id = k.id \
+                 RETURNING r.version_id",
+            ))
+            .fetch_all(&mut *conn)
+            .await?;
     }
     sqlx::query(
         "INSERT INTO resource_versions (tenant, resource_type, id, version_id, last_updated, operation, resource) \
@@ -227,6 +238,43 @@ async fn write_unique(
     Ok(counts)
 }
 
+/// Reads and locks the stored state of the given keys. One query per
+/// resource type, `id = ANY(...)`, so each is an index scan on the primary
+/// key. Rows are locked in key order to avoid deadlocks with concurrent
+/// writers.
+async fn lookup(
+    conn: &mut PgConnection,
+    keys: &[&(String, String)],
+) -> FhirResult<HashMap<(String, String), CurrentState>> {
+    let mut by_type: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (resource_type, id) in keys {
+        by_type
+            .entry(resource_type.as_str())
+            .or_default()
+            .push(id.as_str());
+    }
+    let mut current = HashMap::with_capacity(keys.len());
+    for (resource_type, ids) in by_type {
+        let rows: Vec<CurrentRow> = sqlx::query_as(
+            "SELECT resource_type, id, version_id, deleted, content_hash, index_digests FROM resources \
+             WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = ANY($2) \
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(resource_type)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        current.extend(
+            rows.into_iter()
+                .map(|(rt, id, version, deleted, hash, digests)| {
+                    ((rt, id), (version, deleted, hash, digests))
+                }),
+        );
+    }
+    Ok(current)
+}
+
+/// Columns of `resource_versions` rows.
 #[derive(Default)]
 struct VersionRows {
     resource_type: Vec<String>,
@@ -234,66 +282,71 @@ struct VersionRows {
     version_id: Vec<i64>,
     operation: Vec<String>,
     body: Vec<String>,
-    hash: Vec<Vec<u8>>,
     last_updated: Vec<DateTime<Utc>>,
-    /// Index digests, one column per index table.
-    digests: [Vec<i64>; 7],
-    /// Whether `resources` has a row for the key (deleted ones included).
-    stored: Vec<bool>,
-}
-
-/// Binds the columns of `resources` rows in the order both statements on
-/// it read them: type, id, version, last updated, hash, the seven digests
-/// and whether the key is stored.
-fn bind_resource_rows<'q>(
-    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    rows: &'q VersionRows,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    let query = query
-        .bind(&rows.resource_type)
-        .bind(&rows.id)
-        .bind(&rows.version_id)
-        .bind(&rows.last_updated)
-        .bind(&rows.hash);
-    rows.digests
-        .iter()
-        .fold(query, |query, column| query.bind(column))
-        .bind(&rows.stored)
-}
-
-/// The version a batch writes for one key.
-struct NewVersion {
-    version_id: i64,
-    /// `create` or `update`.
-    operation: &'static str,
-    /// Whether `resources` has a row for the key (deleted ones included).
-    stored: bool,
 }
 
 impl VersionRows {
     fn push(
         &mut self,
         prepared: &PreparedResource,
-        version: NewVersion,
+        version_id: i64,
+        operation: &str,
         body: String,
         last_updated: DateTime<Utc>,
-        digests: &Digests,
     ) {
-        let NewVersion {
-            version_id,
-            operation,
-            stored,
-        } = version;
-        self.stored.push(stored);
-        for (column, digest) in self.digests.iter_mut().zip(digests) {
-            column.push(*digest);
-        }
-        self.last_updated.push(last_updated);
         self.resource_type.push(prepared.resource_type.clone());
         self.id.push(prepared.id.clone());
         self.version_id.push(version_id);
         self.operation.push(operation.to_owned());
         self.body.push(body);
+        self.last_updated.push(last_updated);
+    }
+}
+
+/// Columns of `resources` rows: type, id, version, last updated, hash and
+/// one index digest per index table.
+#[derive(Default)]
+struct ResourceRows {
+    resource_type: Vec<String>,
+    id: Vec<String>,
+    version_id: Vec<i64>,
+    last_updated: Vec<DateTime<Utc>>,
+    hash: Vec<Vec<u8>>,
+    digests: [Vec<i64>; 7],
+}
+
+impl ResourceRows {
+    fn push(
+        &mut self,
+        prepared: &PreparedResource,
+        version_id: i64,
+        last_updated: DateTime<Utc>,
+        digests: &Digests,
+    ) {
+        self.resource_type.push(prepared.resource_type.clone());
+        self.id.push(prepared.id.clone());
+        self.version_id.push(version_id);
+        self.last_updated.push(last_updated);
         self.hash.push(prepared.hash.clone());
+        for (column, digest) in self.digests.iter_mut().zip(digests) {
+            column.push(*digest);
+        }
+    }
+
+    /// Binds the columns in the order the statements on `resources` read
+    /// them: type, id, version, last updated, hash and the seven digests.
+    fn bind<'q, O>(
+        &'q self,
+        query: sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments> {
+        let query = query
+            .bind(&self.resource_type)
+            .bind(&self.id)
+            .bind(&self.version_id)
+            .bind(&self.last_updated)
+            .bind(&self.hash);
+        self.digests
+            .iter()
+            .fold(query, |query, column| query.bind(column))
     }
 }

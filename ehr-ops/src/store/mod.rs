@@ -250,6 +250,65 @@ pub async fn lock_key(conn: &mut PgConnection, resource_type: &str, id: &str) ->
     Ok(())
 }
 
+/// Locks the row of a stored resource until the transaction ends, so the
+/// bulk loader and deletes, which lock rows but not keys, wait for the
+/// caller. A key without a row locks nothing.
+pub async fn lock_row(conn: &mut PgConnection, resource_type: &str, id: &str) -> FhirResult<()> {
+    sqlx::query(
+        "SELECT 1 FROM resources \
+         WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
+         FOR UPDATE",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Claims a key that had no row: inserts a placeholder row (version 0,
+/// deleted), which the caller's write replaces within its transaction.
+/// Returns `None` when the key is now this transaction's, or the state of
+/// the row another writer committed in the meantime, locked. The bulk
+/// loader inserts new keys without the advisory lock of [`lock_key`], and
+/// the unique key makes each writer wait for the other's commit instead.
+async fn claim_key(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<Option<(i64, bool, Option<Vec<u8>>, Option<Vec<i64>>)>> {
+    let claimed = sqlx::query(
+        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
+         VALUES (current_setting('infoctor.tenant'), $1, $2, 0, now(), true, NULL, $3) \
+         ON CONFLICT (tenant, resource_type, id) DO NOTHING",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .bind(&index::NO_ROWS[..])
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    let current = sqlx::query_as(
+        "SELECT version_id, deleted, content_hash, index_digests FROM resources \
+         WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
+         FOR UPDATE",
+    )
+    .bind(resource_type)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match current {
+        Some(current) => Ok(Some(current)),
+        None => Err(FhirError::Internal(format!(
+            "{resource_type}/{id} was neither stored nor free to create. Send the request again"
+        ))),
+    }
+}
+
 /// Writes one resource. `if_match` is the version the client expects to
 /// replace (from `If-Match: W/"n"`); a mismatch is `PreconditionFailed`.
 pub async fn write(
@@ -279,6 +338,10 @@ pub async fn write(
     .bind(&id)
     .fetch_optional(&mut *conn)
     .await?;
+    let current = match current {
+        Some(current) => Some(current),
+        None => claim_key(conn, &resource_type, &id).await?,
+    };
 
     if let Some(expected) = if_match {
         let actual = current.as_ref().map(|(version, ..)| *version);

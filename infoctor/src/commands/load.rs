@@ -17,7 +17,9 @@ pub struct LoadArgs {
     /// Tenant to load into.
     #[arg(long, env = "INFOCTOR_TENANT")]
     pub tenant: String,
-    /// Resources per database transaction.
+    /// Resources read per batch. Each batch is written by three concurrent
+    /// database transactions, each with the batch's resources of a third of
+    /// the keys.
     #[arg(long, env = "INFOCTOR_LOAD_BATCH_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
