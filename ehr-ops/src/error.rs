@@ -86,12 +86,32 @@ pub enum FhirError {
     /// A feature the server deliberately does not implement.
     #[error("{0}")]
     NotSupported(String),
-    /// A database failure; the detail stays in the server log.
-    #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    /// A database failure; the detail stays in the server log. The error is
+    /// not a `source`, because the message already carries its text.
+    #[error("database error: {}", describe_database_error(.0))]
+    Database(sqlx::Error),
     /// Another internal failure; the detail stays in the server log.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<sqlx::Error> for FhirError {
+    fn from(err: sqlx::Error) -> FhirError {
+        FhirError::Database(err)
+    }
+}
+
+/// Describes a database error by PostgreSQL's message and SQLSTATE code.
+/// The driver's own text adds the line of PostgreSQL's C source that raised
+/// the error, which reads like a line of the caller's input.
+pub fn describe_database_error(err: &sqlx::Error) -> String {
+    match err.as_database_error() {
+        Some(db_err) => match db_err.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db_err.message()),
+            None => db_err.message().to_owned(),
+        },
+        None => err.to_string(),
+    }
 }
 
 fn unknown_tenant_message(name: &str) -> String {

@@ -51,11 +51,12 @@ pub enum LoadError {
     /// The tenant does not exist.
     #[error("unknown tenant '{0}'; create it with `infoctor tenant create {0}`")]
     UnknownTenant(String),
-    /// A database failure.
-    #[error("database error while loading: {0}")]
-    Database(#[from] sqlx::Error),
+    /// A database failure. The error is not a `source`, because the message
+    /// already carries its text.
+    #[error("database error while loading: {}", crate::error::describe_database_error(.0))]
+    Database(sqlx::Error),
     /// A failure of the store.
-    #[error("store error while loading: {0}")]
+    #[error(transparent)]
     Store(#[from] FhirError),
 }
 
@@ -94,6 +95,12 @@ const CLOSING_STATEMENTS: [&str; 9] = [
     "VACUUM (ANALYZE) idx_number",
     "VACUUM (ANALYZE) idx_uri",
 ];
+
+impl From<sqlx::Error> for LoadError {
+    fn from(err: sqlx::Error) -> LoadError {
+        LoadError::Database(err)
+    }
+}
 
 /// Settings of a load.
 #[derive(Debug, Clone)]

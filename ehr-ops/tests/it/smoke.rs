@@ -43,3 +43,25 @@ async fn create_read_round_trips_decimals() {
         "resourceType not first: {text}"
     );
 }
+
+#[tokio::test]
+async fn database_errors_read_once() {
+    use std::error::Error as _;
+
+    let db = crate::common::database().await;
+    let err = sqlx::query("SELECT 1 / 0")
+        .execute(db.admin_pool())
+        .await
+        .expect_err("division by zero");
+    let fhir = infoctor_ehr_ops::error::FhirError::from(err);
+    let text = fhir.to_string();
+    assert_eq!(text, "database error: division by zero (SQLSTATE 22012)");
+    assert!(
+        fhir.source().is_none(),
+        "the message already names the cause"
+    );
+
+    let load = infoctor_ehr_ops::load::LoadError::from(fhir);
+    assert_eq!(load.to_string(), text);
+    assert!(load.source().is_none());
+}
