@@ -98,16 +98,21 @@ async fn write_unique(
     // the same key (another load, or the API) to finish. A key that writer
     // committed first is read again, locked, and written as its next
     // version.
+    // Keys go in sorted order, so two loads that wait for each other's keys
+    // wait in the same order and cannot deadlock.
     let last_updated = now_millis();
+    let mut unclaimed: Vec<&((String, String), PreparedResource, Digests)> = entries
+        .iter()
+        .filter(|(key, ..)| !current.contains_key(key))
+        .collect();
+    unclaimed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut claim = ResourceRows::default();
-    for (key, prepared, digests) in &entries {
-        if !current.contains_key(key) {
-            let instant = prepared
-                .first_version
-                .as_ref()
-                .map_or(last_updated, |(instant, _)| *instant);
-            claim.push(prepared, 1, instant, digests);
-        }
+    for (_, prepared, digests) in unclaimed {
+        let instant = prepared
+            .first_version
+            .as_ref()
+            .map_or(last_updated, |(instant, _)| *instant);
+        claim.push(prepared, 1, instant, digests);
     }
     if !claim.id.is_empty() {
         let inserted: std::collections::HashSet<(String, String)> = claim
