@@ -80,9 +80,6 @@ async fn write_unique(
         })
         .collect();
 
-    // One query per resource type, `id = ANY(...)`, so each is an index scan
-    // on the primary key. Rows are locked in key order to avoid deadlocks
-    // with concurrent writers.
     let entries: Vec<((String, String), PreparedResource, Digests)> = latest
         .into_iter()
         .map(|(key, prepared)| {
@@ -97,9 +94,8 @@ async fn write_unique(
     // with `ON CONFLICT DO NOTHING`, which waits for a concurrent writer of
     // the same key (another load, or the API) to finish. A key that writer
     // committed first is read again, locked, and written as its next
-    // version.
-    // Keys go in sorted order, so two loads that wait for each other's keys
-    // wait in the same order and cannot deadlock.
+    // version. Keys go in sorted order, so two loads that wait for each
+    // other's keys wait in the same order and cannot deadlock.
     let last_updated = now_millis();
     let mut unclaimed: Vec<&((String, String), PreparedResource, Digests)> = entries
         .iter()
