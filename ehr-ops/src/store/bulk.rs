@@ -94,8 +94,8 @@ async fn write_unique(
     // with `ON CONFLICT DO NOTHING`, which waits for a concurrent writer of
     // the same key (another load, or the API) to finish. A key that writer
     // committed first is read again, locked, and written as its next
-    // version. Keys go in sorted order, so two loads that wait for each
-    // other's keys wait in the same order and cannot deadlock.
+    // version. Keys go in sorted order, so two batches that claim the same
+    // new keys wait for them in the same order instead of deadlocking.
     let last_updated = now_millis();
     let mut unclaimed: Vec<&((String, String), PreparedResource, Digests)> = entries
         .iter()

@@ -254,8 +254,23 @@ pub async fn lock_key(conn: &mut PgConnection, resource_type: &str, id: &str) ->
 /// bulk loader and deletes, which lock rows but not keys, wait for the
 /// caller. A key without a row locks nothing.
 pub async fn lock_row(conn: &mut PgConnection, resource_type: &str, id: &str) -> FhirResult<()> {
-    sqlx::query(
-        "SELECT 1 FROM resources \
+    lock_current(conn, resource_type, id).await?;
+    Ok(())
+}
+
+/// Version, deleted flag, content hash and index digests of a stored
+/// resource.
+type CurrentState = (i64, bool, Option<Vec<u8>>, Option<Vec<i64>>);
+
+/// Reads the state of a stored resource and locks its row until the
+/// transaction ends.
+async fn lock_current(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    id: &str,
+) -> FhirResult<Option<CurrentState>> {
+    let current = sqlx::query_as(
+        "SELECT version_id, deleted, content_hash, index_digests FROM resources \
          WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
          FOR UPDATE",
     )
@@ -263,7 +278,7 @@ pub async fn lock_row(conn: &mut PgConnection, resource_type: &str, id: &str) ->
     .bind(id)
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(())
+    Ok(current)
 }
 
 /// Claims a key that had no row: inserts a placeholder row (version 0,
@@ -276,7 +291,7 @@ async fn claim_key(
     conn: &mut PgConnection,
     resource_type: &str,
     id: &str,
-) -> FhirResult<Option<(i64, bool, Option<Vec<u8>>, Option<Vec<i64>>)>> {
+) -> FhirResult<Option<CurrentState>> {
     let claimed = sqlx::query(
         "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
          VALUES (current_setting('infoctor.tenant'), $1, $2, 0, now(), true, NULL, $3) \
@@ -292,16 +307,8 @@ async fn claim_key(
     if claimed {
         return Ok(None);
     }
-    let current = sqlx::query_as(
-        "SELECT version_id, deleted, content_hash, index_digests FROM resources \
-         WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
-         FOR UPDATE",
-    )
-    .bind(resource_type)
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match current {
+
+    match lock_current(conn, resource_type, id).await? {
         Some(current) => Ok(Some(current)),
         None => Err(FhirError::Internal(format!(
             "{resource_type}/{id} was neither stored nor free to create. Send the request again"
@@ -328,17 +335,7 @@ pub async fn write(
     // The row lock below cannot serialize two writers creating an id that
     // does not exist yet, so writes to one key take an advisory lock first.
     lock_key(conn, &resource_type, &id).await?;
-    type Current = (i64, bool, Option<Vec<u8>>, Option<Vec<i64>>);
-    let current: Option<Current> = sqlx::query_as(
-        "SELECT version_id, deleted, content_hash, index_digests FROM resources \
-         WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
-         FOR UPDATE",
-    )
-    .bind(&resource_type)
-    .bind(&id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let current = match current {
+    let current = match lock_current(conn, &resource_type, &id).await? {
         Some(current) => Some(current),
         None => claim_key(conn, &resource_type, &id).await?,
     };
