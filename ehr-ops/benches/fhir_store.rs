@@ -11,7 +11,8 @@
 //! ```
 //!
 //! PostgreSQL: `DATABASE_URL` if set, else a private cluster in a temporary
-//! folder (`INFOCTOR_BENCH_DIR` to choose it). Test data: `INFOCTOR_TEST_DATA`
+//! folder that is removed at the end (`INFOCTOR_BENCH_DIR` to choose a
+//! folder, which is kept). Test data: `INFOCTOR_TEST_DATA`
 //! (default `../shared/data`). `INFOCTOR_BENCH_COPIES` sets how many copies
 //! are added for the large run (default 8, giving about 1.1 million
 //! resources); `0` skips it.
@@ -239,11 +240,13 @@ async fn run() {
         "{} not found; set INFOCTOR_TEST_DATA",
         data.display()
     );
-    let bench_dir = std::env::var_os("INFOCTOR_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("infoctor-bench-{}", std::process::id()))
-        });
+    // The benchmark removes a temporary folder of its own choosing, because the
+    // cluster of the large run takes about 15 GB.
+    let chosen_dir = std::env::var_os("INFOCTOR_BENCH_DIR").map(PathBuf::from);
+    let own_dir = chosen_dir.is_none();
+    let bench_dir = chosen_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("infoctor-bench-{}", std::process::id()))
+    });
     std::fs::create_dir_all(&bench_dir).expect("bench dir");
     let (admin_url, cluster) = match std::env::var("DATABASE_URL") {
         Ok(url) => (url, None),
@@ -313,5 +316,8 @@ async fn run() {
     db.close().await;
     if let Some(cluster) = cluster {
         cluster.stop().await.expect("stop cluster");
+    }
+    if own_dir {
+        std::fs::remove_dir_all(&bench_dir).expect("remove bench dir");
     }
 }

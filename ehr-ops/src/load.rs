@@ -76,6 +76,9 @@ const ANALYZE_AFTER_WRITES: usize = 10_000;
 /// 400-patient set.
 const ANALYZE_EVERY: u64 = 10_000;
 
+/// How many times a batch is written before a deadlock fails the load.
+const BATCH_ATTEMPTS: u32 = 5;
+
 /// The statements that end a load, slowest first. The two connections that
 /// run them take every other one, so they finish close together. VACUUM
 /// marks the pages of the search tables all-visible, which index-only scans
@@ -503,20 +506,7 @@ async fn write_all(
     let mut totals: BTreeMap<String, bulk::BatchCounts> = BTreeMap::new();
     while let Some(batch) = receiver.recv().await {
         let count = batch.len() as u64;
-        let mut tx = db.begin_tenant(tenant).await?;
-        // Batches commit without waiting for their WAL flush, and one
-        // synchronous commit ends the load. The tables grow from empty
-        // during a load, so a plan cached on the first batches (sequential
-        // scans of tiny tables) would be wrong for the later ones. Each
-        // statement is therefore planned for its own parameters.
-        sqlx::query(
-            "SELECT set_config('synchronous_commit', 'off', true), \
-               set_config('plan_cache_mode', 'force_custom_plan', true)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let per_type = write_grouped(&mut tx, batch).await?;
-        tx.commit().await?;
+        let per_type = write_with_retries(db, tenant, &batch).await?;
         for (resource_type, counts) in per_type {
             let total = totals.entry(resource_type).or_default();
             total.created += counts.created;
@@ -535,25 +525,88 @@ async fn write_all(
     Ok(totals)
 }
 
+/// Writes one batch in its own transaction. A batch locks stored rows,
+/// claims new keys and re-reads keys another writer claimed first, each
+/// step in sorted order but the steps one after another, so two writers
+/// changing the same resources can still deadlock. PostgreSQL then cancels
+/// one of them, whose transaction is rolled back and run again, up to
+/// [`BATCH_ATTEMPTS`] times.
+async fn write_with_retries(
+    db: &Database,
+    tenant: &str,
+    batch: &[PreparedResource],
+) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
+    let mut attempt = 1;
+    loop {
+        match write_once(db, tenant, batch).await {
+            Ok(per_type) => return Ok(per_type),
+            Err(err) if attempt < BATCH_ATTEMPTS && is_transient(&err) => {
+                tracing::warn!(
+                    tenant,
+                    attempt,
+                    resources = batch.len(),
+                    error = %err,
+                    "batch cancelled by the database, writing it again"
+                );
+                // PostgreSQL cancels one writer of a deadlock and lets the
+                // other go on; the pause lets that one commit first.
+                let pause = 25 * u64::from(attempt);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Writes one batch in one transaction.
+async fn write_once(
+    db: &Database,
+    tenant: &str,
+    batch: &[PreparedResource],
+) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
+    let mut tx = db.begin_tenant(tenant).await?;
+    // Batches commit without waiting for their WAL flush, and one
+    // synchronous commit ends the load. The tables grow from empty during a
+    // load, so a plan cached on the first batches (sequential scans of tiny
+    // tables) would be wrong for the later ones. Each statement is
+    // therefore planned for its own parameters.
+    sqlx::query(
+        "SELECT set_config('synchronous_commit', 'off', true), \
+           set_config('plan_cache_mode', 'force_custom_plan', true)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let per_type = write_grouped(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(per_type)
+}
+
+/// Tells whether a batch failed on a deadlock or a serialization failure.
+fn is_transient(err: &LoadError) -> bool {
+    match err {
+        LoadError::Database(err) => is_retryable(err),
+        LoadError::Store(err) => err.is_transient(),
+        _ => false,
+    }
+}
+
 /// Writes a batch, keeping per-type counts.
 async fn write_grouped(
     conn: &mut sqlx::PgConnection,
-    batch: Vec<PreparedResource>,
+    batch: &[PreparedResource],
 ) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
-    let mut groups: BTreeMap<String, Vec<PreparedResource>> = BTreeMap::new();
+    let mut groups: BTreeMap<&str, Vec<&PreparedResource>> = BTreeMap::new();
     for prepared in batch {
-        // The type is copied for the key only when its group starts.
-        match groups.get_mut(&prepared.resource_type) {
-            Some(group) => group.push(prepared),
-            None => {
-                groups.insert(prepared.resource_type.clone(), vec![prepared]);
-            }
-        }
+        groups
+            .entry(prepared.resource_type.as_str())
+            .or_default()
+            .push(prepared);
     }
     let mut counts = BTreeMap::new();
     for (resource_type, group) in groups {
-        let result = bulk::write_batch(conn, group).await?;
-        counts.insert(resource_type, result);
+        let result = bulk::write_batch(conn, &group).await?;
+        counts.insert(resource_type.to_owned(), result);
     }
     Ok(counts)
 }

@@ -34,19 +34,20 @@ pub struct BatchCounts {
     pub unchanged: usize,
 }
 
-/// Writes a batch of prepared resources.
+/// Writes a batch of prepared resources. The batch is borrowed, so a
+/// caller whose transaction failed can run it again.
 pub async fn write_batch(
     conn: &mut PgConnection,
-    batch: Vec<PreparedResource>,
+    batch: &[&PreparedResource],
 ) -> FhirResult<BatchCounts> {
     // A key that occurs several times is written once per occurrence, in
     // order, as if the batch had been cut before each repeat. A load
     // therefore stores the same versions whatever its batch size.
-    let mut rounds: Vec<Vec<PreparedResource>> = Vec::new();
-    let mut seen: HashMap<(String, String), usize> = HashMap::with_capacity(batch.len());
-    for prepared in batch {
+    let mut rounds: Vec<Vec<&PreparedResource>> = Vec::new();
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::with_capacity(batch.len());
+    for &prepared in batch {
         let occurrence = seen
-            .entry((prepared.resource_type.clone(), prepared.id.clone()))
+            .entry((prepared.resource_type.as_str(), prepared.id.as_str()))
             .or_insert(0);
         if rounds.len() <= *occurrence {
             rounds.push(Vec::new());
@@ -67,10 +68,10 @@ pub async fn write_batch(
 /// Writes a batch in which every key occurs once.
 async fn write_unique(
     conn: &mut PgConnection,
-    batch: Vec<PreparedResource>,
+    batch: Vec<&PreparedResource>,
 ) -> FhirResult<BatchCounts> {
     let mut counts = BatchCounts::default();
-    let latest: HashMap<(String, String), PreparedResource> = batch
+    let latest: HashMap<(String, String), &PreparedResource> = batch
         .into_iter()
         .map(|prepared| {
             (
@@ -80,7 +81,7 @@ async fn write_unique(
         })
         .collect();
 
-    let entries: Vec<((String, String), PreparedResource, Digests)> = latest
+    let entries: Vec<((String, String), &PreparedResource, Digests)> = latest
         .into_iter()
         .map(|(key, prepared)| {
             let digests = index::digests(&prepared.entries);
@@ -97,7 +98,7 @@ async fn write_unique(
     // version. Keys go in sorted order, so two batches that claim the same
     // new keys wait for them in the same order instead of deadlocking.
     let last_updated = now_millis();
-    let mut unclaimed: Vec<&((String, String), PreparedResource, Digests)> = entries
+    let mut unclaimed: Vec<&((String, String), &PreparedResource, Digests)> = entries
         .iter()
         .filter(|(key, ..)| !current.contains_key(key))
         .collect();
@@ -149,8 +150,8 @@ async fn write_unique(
 
     let mut rows = VersionRows::default();
     let mut updated = ResourceRows::default();
-    let mut written: Vec<(PreparedResource, IndexPlan)> = Vec::new();
-    for (key, mut prepared, digests) in entries {
+    let mut written: Vec<(&PreparedResource, IndexPlan)> = Vec::new();
+    for (key, prepared, digests) in entries {
         let (version_id, operation, plan) = match current.get(&key) {
             None => (1, "create", index::plan(Some(&index::NO_ROWS), &digests)),
             Some((_, false, Some(hash), _)) if *hash == prepared.hash => {
@@ -168,11 +169,10 @@ async fn write_unique(
         } else {
             counts.updated += 1;
         }
-        let (instant, text) = match prepared.first_version.take() {
-            Some(first) if version_id == 1 => first,
-            first => {
-                prepared.first_version = first;
-                let mut resource = prepared.into_resource()?;
+        let (instant, text) = match &prepared.first_version {
+            Some((instant, text)) if version_id == 1 => (*instant, text.clone()),
+            _ => {
+                let mut resource = prepared.to_resource()?;
                 stamp_meta(&mut resource, version_id, last_updated);
                 let text = serde_json::to_string(&resource)
                     .map_err(|err| FhirError::Internal(format!("serializing resource: {err}")))?;
@@ -180,9 +180,9 @@ async fn write_unique(
             }
         };
         if current.contains_key(&key) {
-            updated.push(&prepared, version_id, instant, &digests);
+            updated.push(prepared, version_id, instant, &digests);
         }
-        rows.push(&prepared, version_id, operation, text, instant);
+        rows.push(prepared, version_id, operation, text, instant);
         written.push((prepared, plan));
     }
     if written.is_empty() {

@@ -23,7 +23,7 @@ pub struct PreparedResource {
     /// Resource id.
     pub id: String,
     /// The resource JSON, `id` set, or `Null` when `first_version` holds
-    /// its text (see [`PreparedResource::into_resource`]).
+    /// its text (see [`PreparedResource::to_resource`]).
     pub resource: Value,
     /// SHA-256 of the content without `meta.versionId` and `meta.lastUpdated`.
     pub hash: Vec<u8>,
@@ -35,14 +35,14 @@ pub struct PreparedResource {
 }
 
 impl PreparedResource {
-    /// Takes the resource JSON, parsing the version 1 text when the tree
+    /// Returns the resource JSON, parsing the version 1 text when the tree
     /// was freed. That text is the resource stamped as version 1, and
     /// parsing it gives the same members in the same order.
-    pub fn into_resource(&mut self) -> FhirResult<Value> {
-        match self.first_version.take() {
-            Some((_, text)) if self.resource.is_null() => serde_json::from_str(&text)
+    pub fn to_resource(&self) -> FhirResult<Value> {
+        match &self.first_version {
+            Some((_, text)) if self.resource.is_null() => serde_json::from_str(text)
                 .map_err(|err| FhirError::Internal(format!("parsing prepared resource: {err}"))),
-            _ => Ok(std::mem::take(&mut self.resource)),
+            _ => Ok(self.resource.clone()),
         }
     }
 }

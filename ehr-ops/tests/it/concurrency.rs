@@ -12,8 +12,13 @@ use crate::common::{TestServer, server, test_data};
 
 /// Reads the Synthea Condition export, 2,940 resources.
 fn condition_lines() -> Vec<String> {
-    let path = test_data().join("synthea-r4-2019/ndjson/Condition.ndjson.gz");
-    let file = std::fs::File::open(&path).expect("open Condition export");
+    export_lines("Condition")
+}
+
+/// Reads a resource type's export of the 400-patient set.
+fn export_lines(resource_type: &str) -> Vec<String> {
+    let path = test_data().join(format!("synthea-r4-2019/ndjson/{resource_type}.ndjson.gz"));
+    let file = std::fs::File::open(&path).expect("open export");
     BufReader::new(flate2::read::GzDecoder::new(file))
         .lines()
         .map(|line| line.expect("read line"))
@@ -22,14 +27,34 @@ fn condition_lines() -> Vec<String> {
 
 /// Gives each resource a `language`, so its content differs from the export.
 fn relabelled(lines: &[String]) -> Vec<String> {
+    in_language(lines, "en")
+}
+
+fn in_language(lines: &[String], language: &str) -> Vec<String> {
     lines
         .iter()
         .map(|line| {
             let mut value: Value = serde_json::from_str(line).expect("JSON line");
-            value["language"] = json!("en");
+            value["language"] = json!(language);
             value.to_string()
         })
         .collect()
+}
+
+/// Puts the lines in an order fixed by `seed`.
+fn shuffled(lines: &[String], seed: u64) -> Vec<String> {
+    use std::hash::{Hash, Hasher};
+    let mut order: Vec<(u64, &String)> = lines
+        .iter()
+        .enumerate()
+        .map(|(index, line)| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (seed, index).hash(&mut hasher);
+            (hasher.finish(), line)
+        })
+        .collect();
+    order.sort_unstable();
+    order.into_iter().map(|(_, line)| line.clone()).collect()
 }
 
 fn write_ndjson(path: &Path, lines: &[String]) -> PathBuf {
@@ -111,6 +136,191 @@ async fn concurrent_loads_of_new_ids() {
     assert_eq!(gaps, 0, "resources whose versions are not 1..n");
 }
 
+/// Two loads change the same stored resources and create the same new ones,
+/// of two types, each in its own random order and each writing every
+/// resource twice, so batches write in two rounds. Every version of both
+/// loads is stored once, numbered without gaps.
+#[tokio::test]
+async fn concurrent_loads_changing_the_same_resources() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let per_type = 1000;
+    let conditions: Vec<String> = condition_lines().into_iter().take(per_type).collect();
+    let encounters: Vec<String> = export_lines("Encounter")
+        .into_iter()
+        .take(per_type)
+        .collect();
+    let all: Vec<String> = conditions
+        .iter()
+        .zip(&encounters)
+        .flat_map(|(condition, encounter)| [condition.clone(), encounter.clone()])
+        .collect();
+    // Every other pair: half of each type is stored before the two loads.
+    let stored: Vec<String> = all
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| index / 2 % 2 == 0)
+        .map(|(_, line)| line.clone())
+        .collect();
+    let stored_file = write_ndjson(&dir.path().join("stored.ndjson"), &stored);
+    let options = small_batches();
+    load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&stored_file),
+        &options,
+        &NoProgress,
+    )
+    .await
+    .expect("first load");
+
+    // Each file holds two versions of every resource, in runs of 50
+    // resources followed by the same 50 in the other version, so most
+    // batches of 100 hold each of their resources twice.
+    let two_versions = |first: &str, second: &str, seed: u64| -> Vec<String> {
+        let order = shuffled(&all, seed);
+        order
+            .chunks(50)
+            .flat_map(|run| {
+                let mut lines = in_language(run, first);
+                lines.extend(in_language(&shuffled(run, seed), second));
+                lines
+            })
+            .collect()
+    };
+    let english = write_ndjson(
+        &dir.path().join("en.ndjson"),
+        &two_versions("en", "en-GB", 1),
+    );
+    let french = write_ndjson(
+        &dir.path().join("fr.ndjson"),
+        &two_versions("fr", "fr-CA", 3),
+    );
+    let (first, second) = tokio::join!(
+        load(
+            &server.db,
+            &tenant,
+            std::slice::from_ref(&english),
+            &options,
+            &NoProgress
+        ),
+        load(
+            &server.db,
+            &tenant,
+            std::slice::from_ref(&french),
+            &options,
+            &NoProgress
+        ),
+    );
+    let first = first.expect("English load");
+    let second = second.expect("French load");
+    for resource_type in ["Condition", "Encounter"] {
+        let created =
+            first.per_type[resource_type].created + second.per_type[resource_type].created;
+        let updated =
+            first.per_type[resource_type].updated + second.per_type[resource_type].updated;
+        // Four new contents for each resource; half of them are new.
+        assert_eq!(created, per_type / 2, "{resource_type} created");
+        assert_eq!(
+            updated,
+            4 * per_type - per_type / 2,
+            "{resource_type} updated"
+        );
+        assert_eq!(
+            count(&server, &tenant, resource_type).await,
+            per_type as i64
+        );
+    }
+    let (versions, gaps) = version_counts(&server, &tenant).await;
+    assert_eq!(versions, (all.len() * 4 + stored.len()) as i64);
+    assert_eq!(gaps, 0, "resources whose versions are not 1..n");
+}
+
+/// A load writes a batch's resources type by type, the Condition before
+/// the Encounter. Another transaction holds the Encounter and then asks for
+/// the Condition, which closes a deadlock. The load waited first, so
+/// PostgreSQL cancels its batch; the batch is written again once the other
+/// transaction ends, and the load completes.
+#[tokio::test]
+async fn load_batch_cancelled_by_deadlock_is_written_again() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let condition = condition_lines().swap_remove(0);
+    let encounter = export_lines("Encounter").swap_remove(0);
+    let id = |line: &str| -> String {
+        let value: Value = serde_json::from_str(line).expect("JSON line");
+        value["id"].as_str().expect("id").to_owned()
+    };
+    let (condition_id, encounter_id) = (id(&condition), id(&encounter));
+    let lines = [condition, encounter];
+    let options = small_batches();
+    let stored = write_ndjson(&dir.path().join("stored.ndjson"), &lines);
+    load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&stored),
+        &options,
+        &NoProgress,
+    )
+    .await
+    .expect("first load");
+    let changed = write_ndjson(&dir.path().join("en.ndjson"), &in_language(&lines, "en"));
+
+    let lock = "SELECT version_id FROM resources \
+                WHERE tenant = current_setting('infoctor.tenant') AND resource_type = $1 AND id = $2 \
+                FOR UPDATE";
+    let mut other = server.db.begin_tenant(&tenant).await.expect("begin");
+    let _: (i64,) = sqlx::query_as(lock)
+        .bind("Encounter")
+        .bind(&encounter_id)
+        .fetch_one(&mut *other)
+        .await
+        .expect("lock the Encounter");
+    let loading = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&changed),
+        &options,
+        &NoProgress,
+    );
+    let other_side = async {
+        // Once the load waits for the Encounter, it has locked the Condition.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT resource_type, id, version_id%'",
+            )
+            .fetch_one(server.db.admin_pool())
+            .await
+            .expect("read activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load never waited for the Encounter"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let _: (i64,) = sqlx::query_as(lock)
+            .bind("Condition")
+            .bind(&condition_id)
+            .fetch_one(&mut *other)
+            .await
+            .expect("lock the Condition once the load's batch is cancelled");
+        other.commit().await.expect("commit");
+    };
+    let (loaded, ()) = tokio::join!(loading, other_side);
+    let report = loaded.expect("the load completes");
+    let updated: usize = report.per_type.values().map(|counts| counts.updated).sum();
+    assert_eq!(updated, 2);
+    let (versions, gaps) = version_counts(&server, &tenant).await;
+    assert_eq!((versions, gaps), (4, 0));
+}
+
 #[tokio::test]
 async fn load_races_api_puts() {
     let server = server().await;
@@ -162,7 +372,11 @@ fn bundle_updating(first: &Value, second: &Value) -> Value {
             "resource": resource,
             "request": {
                 "method": "PUT",
-                "url": format!("Patient/{}", resource["id"].as_str().expect("id"))
+                "url": format!(
+                    "{}/{}",
+                    resource["resourceType"].as_str().expect("resourceType"),
+                    resource["id"].as_str().expect("id")
+                )
             }
         })
     };
