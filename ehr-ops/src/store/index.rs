@@ -673,6 +673,45 @@ pub async fn clear_keys(
     Ok(())
 }
 
+/// The statement that resolves conditional references by identifier, with
+/// a condition on the pending rows' `url` spliced in.
+macro_rules! resolve_statement {
+    ($url_filter:literal) => {
+        concat!(
+            "WITH pending AS ( \
+               SELECT DISTINCT url FROM idx_reference \
+               WHERE tenant = current_setting('infoctor.tenant') AND target_id IS NULL ",
+            $url_filter,
+            " AND url ~ '^[A-Z][A-Za-z]*[?]identifier=[^&]+$' \
+             ), criteria AS ( \
+               SELECT url, split_part(url, '?', 1) AS target_type, \
+                 substr(url, strpos(url, '=') + 1) AS criterion \
+               FROM pending \
+             ), parsed AS ( \
+               SELECT url, target_type, strpos(criterion, '|') > 0 AS has_system, \
+                 nullif(split_part(criterion, '|', 1), '') AS system, \
+                 CASE WHEN strpos(criterion, '|') > 0 \
+                   THEN substr(criterion, strpos(criterion, '|') + 1) ELSE criterion END AS value \
+               FROM criteria \
+             ), matched AS ( \
+               SELECT p.url, p.target_type, min(t.id) AS target_id \
+               FROM parsed p \
+               JOIN idx_token t \
+                 ON t.param_key = idx_param_key(current_setting('infoctor.tenant'), p.target_type, 'identifier') \
+                AND t.tenant = current_setting('infoctor.tenant') \
+                AND t.resource_type = p.target_type AND t.code = 'identifier' AND t.value = p.value \
+                AND (NOT p.has_system OR t.system IS NOT DISTINCT FROM p.system) \
+               GROUP BY p.url, p.target_type \
+               HAVING count(DISTINCT t.id) = 1 \
+             ) \
+             UPDATE idx_reference r \
+             SET target_type = m.target_type, target_id = m.target_id, url = NULL \
+             FROM matched m \
+             WHERE r.tenant = current_setting('infoctor.tenant') AND r.target_id IS NULL AND r.url = m.url"
+        )
+    };
+}
+
 /// Points references of the form `Type?identifier=system|value` at the one
 /// resource of that type with that identifier, and returns how many index
 /// rows changed. Bulk Data exports write such conditional references (Synthea
@@ -686,44 +725,64 @@ pub async fn clear_keys(
 /// any system, and `identifier=|value` only values without one.
 ///
 /// NOTE: only this one criterion is understood, without percent-decoding or
-/// the `\|` escape of token searches. Other conditional references stay text,
-/// and only loads call this: an API write that changes a resource's
-/// references leaves its conditional ones unresolved until the next load.
+/// the `\|` escape of token searches. Other conditional references stay
+/// text. A reference resolved once keeps its target until the resource that
+/// makes it is written again, even if a later resource shares the identifier.
 pub async fn resolve_conditional_references(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
-    let result = sqlx::query(
-        "WITH pending AS ( \
-           SELECT DISTINCT url FROM idx_reference \
-           WHERE tenant = current_setting('infoctor.tenant') AND target_id IS NULL \
-             AND url ~ '^[A-Z][A-Za-z]*[?]identifier=[^&]+$' \
-         ), criteria AS ( \
-           SELECT url, split_part(url, '?', 1) AS target_type, \
-             substr(url, strpos(url, '=') + 1) AS criterion \
-           FROM pending \
-         ), parsed AS ( \
-           SELECT url, target_type, strpos(criterion, '|') > 0 AS has_system, \
-             nullif(split_part(criterion, '|', 1), '') AS system, \
-             CASE WHEN strpos(criterion, '|') > 0 \
-               THEN substr(criterion, strpos(criterion, '|') + 1) ELSE criterion END AS value \
-           FROM criteria \
-         ), matched AS ( \
-           SELECT p.url, p.target_type, min(t.id) AS target_id \
-           FROM parsed p \
-           JOIN idx_token t \
-             ON t.param_key = idx_param_key(current_setting('infoctor.tenant'), p.target_type, 'identifier') \
-            AND t.tenant = current_setting('infoctor.tenant') \
-            AND t.resource_type = p.target_type AND t.code = 'identifier' AND t.value = p.value \
-            AND (NOT p.has_system OR t.system IS NOT DISTINCT FROM p.system) \
-           GROUP BY p.url, p.target_type \
-           HAVING count(DISTINCT t.id) = 1 \
-         ) \
-         UPDATE idx_reference r \
-         SET target_type = m.target_type, target_id = m.target_id, url = NULL \
-         FROM matched m \
-         WHERE r.tenant = current_setting('infoctor.tenant') AND r.target_id IS NULL AND r.url = m.url",
-    )
-    .execute(&mut *conn)
-    .await?;
+    let result = sqlx::query(resolve_statement!(""))
+        .execute(&mut *conn)
+        .await?;
     Ok(result.rows_affected())
+}
+
+/// Resolves the conditional references that a write of one resource with
+/// these index entries can settle: the resource's own, and those that name
+/// it by one of its identifiers. Returns how many index rows changed. The
+/// criteria are looked up by their text, so the statement reads only the
+/// unresolved rows that carry them.
+pub async fn resolve_references_of_write(
+    conn: &mut PgConnection,
+    resource_type: &str,
+    entries: &[IndexEntry],
+) -> Result<u64, sqlx::Error> {
+    let urls = criteria_of_write(resource_type, entries);
+    if urls.is_empty() {
+        return Ok(0);
+    }
+    let result = sqlx::query(resolve_statement!("AND url = ANY($1)"))
+        .bind(&urls)
+        .execute(&mut *conn)
+        .await?;
+    Ok(result.rows_affected())
+}
+
+/// Lists the criteria texts a write can resolve: the resource's own
+/// unresolved `identifier=` references, and each way another resource can
+/// name it by identifier (with its system, and without any).
+fn criteria_of_write(resource_type: &str, entries: &[IndexEntry]) -> Vec<String> {
+    let mut urls = Vec::new();
+    for entry in entries {
+        match &entry.value {
+            IndexValue::Reference {
+                target_id: None,
+                url,
+                ..
+            } if url.contains("?identifier=") => urls.push(cut(url)),
+            IndexValue::Token {
+                system,
+                code: Some(value),
+                ..
+            } if entry.code == "identifier" => {
+                urls.push(format!("{resource_type}?identifier={value}"));
+                urls.push(format!(
+                    "{resource_type}?identifier={}|{value}",
+                    system.as_deref().unwrap_or("")
+                ));
+            }
+            _ => {}
+        }
+    }
+    urls
 }
 
 #[cfg(test)]

@@ -407,6 +407,7 @@ pub async fn write(
         id: &id,
     };
     index::insert(conn, &[(key, &entries, plan.insert)]).await?;
+    index::resolve_references_of_write(conn, &resource_type, &entries).await?;
 
     let body = RawValue::from_string(text)
         .map_err(|err| FhirError::Internal(format!("serializing resource: {err}")))?;

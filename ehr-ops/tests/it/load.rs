@@ -745,3 +745,102 @@ async fn conditional_references_resolve_to_one_target() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn conditional_references_resolve_on_api_writes() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let other = server.tenant().await;
+    let put = |tenant: &str, line: String| {
+        let resource: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+        let path = format!(
+            "{}/{}",
+            resource["resourceType"].as_str().expect("type"),
+            resource["id"].as_str().expect("id")
+        );
+        let tenant = tenant.to_owned();
+        let server = &server;
+        async move {
+            let (status, body) = server.put(&tenant, &path, &resource).await;
+            assert!(matches!(status, 200 | 201), "PUT {path}: {status} {body}");
+        }
+    };
+
+    // The reference comes before its target.
+    put(
+        &tenant,
+        encounter_seen_by("e1", &format!("Practitioner?identifier={NPI}|555")),
+    )
+    .await;
+    assert!(
+        search_ids(&server, &tenant, "Encounter?practitioner=pa", "match")
+            .await
+            .is_empty()
+    );
+    put(&tenant, practitioner("pa", NPI, "555")).await;
+    assert_eq!(
+        search_ids(&server, &tenant, "Encounter?practitioner=pa", "match").await,
+        ["Encounter/e1"],
+        "writing the target resolves the reference"
+    );
+
+    // The target comes before the reference, which names no system.
+    put(
+        &tenant,
+        encounter_seen_by("e2", "Practitioner?identifier=555"),
+    )
+    .await;
+    assert_eq!(
+        search_ids(
+            &server,
+            &tenant,
+            "Encounter?practitioner=pa&_sort=_id",
+            "match"
+        )
+        .await,
+        ["Encounter/e1", "Encounter/e2"],
+        "writing the reference resolves it"
+    );
+
+    // Two practitioners share an identifier, so the criterion names neither.
+    put(&tenant, practitioner("pb", NPI, "666")).await;
+    put(&tenant, practitioner("pc", NPI, "666")).await;
+    put(
+        &tenant,
+        encounter_seen_by("e3", &format!("Practitioner?identifier={NPI}|666")),
+    )
+    .await;
+    for id in ["pb", "pc"] {
+        assert!(
+            search_ids(
+                &server,
+                &tenant,
+                &format!("Encounter?practitioner={id}"),
+                "match"
+            )
+            .await
+            .is_empty(),
+            "an ambiguous criterion resolved to {id}"
+        );
+    }
+
+    // A target in another tenant is never found.
+    put(&other, practitioner("px", NPI, "777")).await;
+    put(
+        &tenant,
+        encounter_seen_by("e4", &format!("Practitioner?identifier={NPI}|777")),
+    )
+    .await;
+    assert!(
+        search_ids(&server, &tenant, "Encounter?practitioner=px", "match")
+            .await
+            .is_empty(),
+        "a reference resolved across tenants"
+    );
+    assert!(
+        search_ids(&server, &other, "Encounter?practitioner=px", "match")
+            .await
+            .is_empty(),
+        "the other tenant sees an encounter it does not have"
+    );
+}
