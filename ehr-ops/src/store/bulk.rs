@@ -97,7 +97,7 @@ async fn write_unique(
     // committed first is read again, locked, and written as its next
     // version. Keys go in sorted order, so two batches that claim the same
     // new keys wait for them in the same order instead of deadlocking.
-    let last_updated = now_millis();
+    let claimed_at = now_millis();
     let mut unclaimed: Vec<&((String, String), &PreparedResource, Digests)> = entries
         .iter()
         .filter(|(key, ..)| !current.contains_key(key))
@@ -108,7 +108,7 @@ async fn write_unique(
         let instant = prepared
             .first_version
             .as_ref()
-            .map_or(last_updated, |(instant, _)| *instant);
+            .map_or(claimed_at, |(instant, _)| *instant);
         claim.push(prepared, 1, instant, digests);
     }
     if !claim.id.is_empty() {
@@ -148,6 +148,10 @@ async fn write_unique(
         }
     }
 
+    // The claim may have waited for another writer's version of a key, so
+    // versions that follow a stored one are stamped after the claim. Their
+    // `lastUpdated` is then never earlier than that of the version before.
+    let updated_at = now_millis();
     let mut rows = VersionRows::default();
     let mut updated = ResourceRows::default();
     let mut written: Vec<(&PreparedResource, IndexPlan)> = Vec::new();
@@ -169,14 +173,19 @@ async fn write_unique(
         } else {
             counts.updated += 1;
         }
+        let stamp = if current.contains_key(&key) {
+            updated_at
+        } else {
+            claimed_at
+        };
         let (instant, text) = match &prepared.first_version {
             Some((instant, text)) if version_id == 1 => (*instant, text.clone()),
             _ => {
                 let mut resource = prepared.to_resource()?;
-                stamp_meta(&mut resource, version_id, last_updated);
+                stamp_meta(&mut resource, version_id, stamp);
                 let text = serde_json::to_string(&resource)
                     .map_err(|err| FhirError::Internal(format!("serializing resource: {err}")))?;
-                (last_updated, text)
+                (stamp, text)
             }
         };
         if current.contains_key(&key) {

@@ -321,6 +321,104 @@ async fn load_batch_cancelled_by_deadlock_is_written_again() {
     assert_eq!((versions, gaps), (4, 0));
 }
 
+/// An API write claims a new key, a load waits to create the same key, and
+/// the API write stamps its version only then. The load writes its copy as
+/// the next version, stamped no earlier than the one it follows.
+#[tokio::test]
+async fn load_after_concurrent_create_stamps_later() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let line = condition_lines().swap_remove(0);
+    let resource: Value = serde_json::from_str(&line).expect("JSON line");
+    let id = resource["id"].as_str().expect("id").to_owned();
+    let file = write_ndjson(
+        &dir.path().join("en.ndjson"),
+        &in_language(std::slice::from_ref(&line), "en"),
+    );
+
+    // The API claims a missing key with a placeholder row, version 0.
+    let mut api = server.db.begin_tenant(&tenant).await.expect("begin");
+    sqlx::query(
+        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
+         VALUES (current_setting('infoctor.tenant'), 'Condition', $1, 0, now(), true, NULL, $2)",
+    )
+    .bind(&id)
+    .bind(&[0_i64; 7][..])
+    .execute(&mut *api)
+    .await
+    .expect("claim the key");
+    let options = small_batches();
+    let loading = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&file),
+        &options,
+        &NoProgress,
+    );
+    let api_side = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (waiting,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO resources%'",
+            )
+            .fetch_one(server.db.admin_pool())
+            .await
+            .expect("read activity");
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the load never waited for the claimed key"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let prepared =
+            infoctor_ehr_ops::store::prepare("Condition", &id, resource.clone()).expect("prepare");
+        infoctor_ehr_ops::store::write(
+            &mut api,
+            prepared,
+            infoctor_ehr_ops::store::WriteMode::Upsert,
+            None,
+        )
+        .await
+        .expect("write version 1");
+        api.commit().await.expect("commit");
+    };
+    let (loaded, ()) = tokio::join!(loading, api_side);
+    let report = loaded.expect("load");
+    assert_eq!(report.per_type["Condition"].updated, 1);
+
+    let mut tx = server.db.begin_tenant(&tenant).await.expect("begin");
+    let versions: Vec<(i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT version_id, last_updated FROM resource_versions WHERE id = $1 ORDER BY version_id",
+    )
+    .bind(&id)
+    .fetch_all(&mut *tx)
+    .await
+    .expect("read versions");
+    let (current,): (chrono::DateTime<chrono::Utc>,) =
+        sqlx::query_as("SELECT last_updated FROM resources WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await
+            .expect("read resource");
+    tx.commit().await.expect("commit");
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert!(
+        versions[1].1 >= versions[0].1,
+        "version 2 is stamped before version 1: {versions:?}"
+    );
+    assert_eq!(current, versions[1].1);
+    let (status, body) = server.get(&tenant, &format!("Condition/{id}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["meta"]["versionId"], "2");
+    assert_eq!(body["language"], "en");
+}
+
 #[tokio::test]
 async fn load_races_api_puts() {
     let server = server().await;
