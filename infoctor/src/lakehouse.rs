@@ -155,7 +155,9 @@ async fn supervise(worker: CaptureWorker, shutdown: CancellationToken) {
         match worker.run(shutdown.clone()).await {
             Ok(()) => return,
             Err(
-                err @ (LakehouseError::NotReplicable(_) | LakehouseError::OtherLakehouse { .. }),
+                err @ (LakehouseError::NotReplicable(_)
+                | LakehouseError::OtherLakehouse { .. }
+                | LakehouseError::SlotOfOtherDatabase { .. }),
             ) => {
                 tracing::error!(error = %err, "change capture disabled");
                 return;

@@ -46,11 +46,15 @@ struct Cli {
 
     /// Log filter in tracing's EnvFilter syntax, for example `info` or
     /// `infoctor_ehr_ops=debug`.
+    // The Delta kernel's snapshot builder logs an ERROR each time a table is
+    // created, because it first looks for a log that does not exist yet. A
+    // real failure to read a table reaches Infoctor as an error, which it
+    // logs with the table's URL.
     #[arg(
         long,
         global = true,
         env = "INFOCTOR_LOG",
-        default_value = "info,sqlx::postgres::notice=warn,pg_walstream=warn,deltalake_core=warn,buoyant_kernel=warn"
+        default_value = "info,sqlx::postgres::notice=warn,pg_walstream=warn,deltalake_core=warn,buoyant_kernel=warn,buoyant_kernel::snapshot::builder=off"
     )]
     log: String,
 

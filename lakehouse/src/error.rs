@@ -30,6 +30,13 @@ pub enum LakehouseError {
         "replication slot '{0}' is held by another capture worker; stop it first or use another slot name"
     )]
     SlotBusy(String),
+    /// A slot of that name belongs to another database of the server.
+    #[error(
+        "replication slot '{slot}' belongs to database '{database}' on the same PostgreSQL \
+         server, and slot names are shared by all its databases; give this database's capture \
+         its own slot with --capture-slot (INFOCTOR_CAPTURE_SLOT)"
+    )]
+    SlotOfOtherDatabase { slot: String, database: String },
     /// The slot fills another lakehouse.
     #[error(
         "replication slot '{slot}' fills the lakehouse at {recorded}, not {requested}; use the \

@@ -235,6 +235,7 @@ impl CaptureWorker {
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), LakehouseError> {
         let admin = self.db.admin_pool();
         slot::check_logical_replication(admin).await?;
+        slot::check_slot_database(admin, &self.config.slot_name).await?;
         let lock = slot::SlotLock::acquire(self.db.admin_url(), &self.config.slot_name).await?;
         let result = match self.run_locked(&shutdown).await {
             // The replication client reports a requested stop as a

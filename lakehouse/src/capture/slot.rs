@@ -54,7 +54,8 @@ pub async fn check_logical_replication(admin: &PgPool) -> Result<(), LakehouseEr
     Ok(())
 }
 
-/// Reads a slot's status, or `None` when the slot does not exist.
+/// Reads the status of this database's slot, or `None` when the database
+/// has no slot of that name.
 pub async fn slot_info(admin: &PgPool, slot: &str) -> Result<Option<SlotInfo>, LakehouseError> {
     type SlotRow = (
         String,
@@ -70,7 +71,7 @@ pub async fn slot_info(admin: &PgPool, slot: &str) -> Result<Option<SlotInfo>, L
                     extract(epoch FROM r.replay_lag)::float8 \
              FROM pg_replication_slots s \
              LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-             WHERE s.slot_name = $1",
+             WHERE s.slot_name = $1 AND s.database = current_database()",
     )
     .bind(slot)
     .fetch_optional(admin)
@@ -94,6 +95,28 @@ pub async fn slot_info(admin: &PgPool, slot: &str) -> Result<Option<SlotInfo>, L
     ))
 }
 
+/// Fails when a slot of this name belongs to another database of the same
+/// server. Slot names are unique per server, not per database, so two
+/// databases whose capture workers use the same name would otherwise take
+/// over each other's slot.
+pub async fn check_slot_database(admin: &PgPool, slot: &str) -> Result<(), LakehouseError> {
+    let other: Option<(Option<String>,)> = sqlx::query_as(
+        "SELECT database::text FROM pg_replication_slots \
+         WHERE slot_name = $1 AND database IS DISTINCT FROM current_database()",
+    )
+    .bind(slot)
+    .fetch_optional(admin)
+    .await?;
+    match other {
+        None => Ok(()),
+        Some((database,)) => Err(LakehouseError::SlotOfOtherDatabase {
+            slot: slot.to_owned(),
+            // A physical slot belongs to no database.
+            database: database.unwrap_or_else(|| "(physical replication)".to_owned()),
+        }),
+    }
+}
+
 /// Drops a slot that no walsender uses. A walsender whose client just
 /// disconnected takes a moment to exit, so an active slot is waited for up
 /// to ten seconds before the drop fails with [`LakehouseError::SlotBusy`].
@@ -102,7 +125,7 @@ pub async fn drop_slot(admin: &PgPool, slot: &str) -> Result<(), LakehouseError>
     loop {
         let dropped = sqlx::query(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
-             WHERE slot_name = $1 AND NOT active",
+             WHERE slot_name = $1 AND database = current_database() AND NOT active",
         )
         .bind(slot)
         .execute(admin)

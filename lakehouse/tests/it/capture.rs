@@ -405,6 +405,48 @@ async fn documented_queries_run_on_sample_data() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_of_other_database_untouched() {
+    let first = Env::new(&["alpha"]).await;
+    let second = Env::new(&["beta"]).await;
+    first
+        .load("alpha", &[sample_data().join("synthea-bulk-10-2024")])
+        .await;
+    let capture = first.start_capture(first.capture_config());
+    wait_caught_up(&first, "alpha").await;
+    capture.stop().await;
+
+    // Slot names are shared by every database of the server.
+    let worker = CaptureWorker::new(
+        second.db.clone(),
+        second.lake.clone(),
+        first.capture_config(),
+    );
+    let err = worker.run(CancellationToken::new()).await.unwrap_err();
+    assert!(
+        matches!(err, LakehouseError::SlotOfOtherDatabase { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&first.database_name), "{err}");
+    assert!(err.to_string().contains("--capture-slot"), "{err}");
+    let owner: Option<String> =
+        sqlx::query_scalar("SELECT database::text FROM pg_replication_slots WHERE slot_name = $1")
+            .bind(&first.slot)
+            .fetch_optional(first.db.admin_pool())
+            .await
+            .unwrap();
+    assert_eq!(owner.as_deref(), Some(first.database_name.as_str()));
+
+    // The first database's capture resumes from its slot.
+    let before = first.bronze_rows("alpha").await;
+    let capture = first.start_capture(first.capture_config());
+    wait_caught_up(&first, "alpha").await;
+    capture.stop().await;
+    assert_eq!(first.bronze_rows("alpha").await, before);
+    second.cleanup().await;
+    first.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_stays_with_its_lakehouse() {
     let env = Env::new(&["alpha"]).await;
     env.load("alpha", &[sample_data().join("synthea-bulk-10-2024")])
