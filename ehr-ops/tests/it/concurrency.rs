@@ -95,6 +95,29 @@ async fn count(server: &TestServer, tenant: &str, resource_type: &str) -> i64 {
     body["total"].as_i64().expect("total")
 }
 
+/// Waits until a session running a statement that matches the LIKE
+/// `pattern` waits for a lock, for at most 20 seconds.
+async fn wait_for_lock(server: &TestServer, pattern: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1",
+        )
+        .bind(pattern)
+        .fetch_one(server.db.admin_pool())
+        .await
+        .expect("read activity");
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no statement like {pattern:?} waited for a lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn concurrent_loads_of_new_ids() {
     let server = server().await;
@@ -175,9 +198,9 @@ async fn concurrent_loads_changing_the_same_resources() {
     .await
     .expect("first load");
 
-    // Each file holds two versions of every resource, in runs of 50
+    // Each file contains two versions of every resource, in runs of 50
     // resources followed by the same 50 in the other version, so most
-    // batches of 100 hold each of their resources twice.
+    // batches of 100 contain each of their resources twice.
     let two_versions = |first: &str, second: &str, seed: u64| -> Vec<String> {
         let order = shuffled(&all, seed);
         order
@@ -238,7 +261,7 @@ async fn concurrent_loads_changing_the_same_resources() {
 }
 
 /// A load writes a batch's resources type by type, the Condition before
-/// the Encounter. Another transaction holds the Encounter and then asks for
+/// the Encounter. Another transaction locks the Encounter and then requests
 /// the Condition, which closes a deadlock. The load waited first, so
 /// PostgreSQL cancels its batch; the batch is written again once the other
 /// transaction ends, and the load completes.
@@ -287,24 +310,7 @@ async fn load_batch_cancelled_by_deadlock_is_written_again() {
     );
     let other_side = async {
         // Once the load waits for the Encounter, it has locked the Condition.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let (waiting,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE 'SELECT resource_type, id, version_id%'",
-            )
-            .fetch_one(server.db.admin_pool())
-            .await
-            .expect("read activity");
-            if waiting > 0 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the load never waited for the Encounter"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_for_lock(&server, "SELECT resource_type, id, version_id%").await;
         let _: (i64,) = sqlx::query_as(lock)
             .bind("Condition")
             .bind(&condition_id)
@@ -357,24 +363,7 @@ async fn load_after_concurrent_create_stamps_later() {
         &NoProgress,
     );
     let api_side = async {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let (waiting,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO resources%'",
-            )
-            .fetch_one(server.db.admin_pool())
-            .await
-            .expect("read activity");
-            if waiting > 0 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the load never waited for the claimed key"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        wait_for_lock(&server, "INSERT INTO resources%").await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let prepared =
             infoctor_ehr_ops::store::prepare("Condition", &id, resource.clone()).expect("prepare");
