@@ -525,12 +525,11 @@ async fn write_all(
     Ok(totals)
 }
 
-/// Writes one batch in its own transaction. A batch locks stored rows,
-/// claims new keys and re-reads keys another writer claimed first, each
-/// step in sorted order but the steps one after another, so two writers
-/// changing the same resources can still deadlock. PostgreSQL then cancels
-/// one of them, whose transaction is rolled back and run again, up to
-/// [`BATCH_ATTEMPTS`] times.
+/// Writes one batch in its own transaction. A batch locks its resources
+/// type by type, so a transaction that locks the same resources in another
+/// order, such as a transaction Bundle, can close a deadlock with it. When
+/// PostgreSQL cancels the batch, its transaction is rolled back and run
+/// again, up to [`BATCH_ATTEMPTS`] times.
 async fn write_with_retries(
     db: &Database,
     tenant: &str,
@@ -549,7 +548,7 @@ async fn write_with_retries(
                     "batch cancelled by the database, writing it again"
                 );
                 // PostgreSQL cancels one writer of a deadlock and lets the
-                // other go on; the pause lets that one commit first.
+                // other go on. The pause gives that writer time to commit.
                 let pause = 25 * u64::from(attempt);
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
                 attempt += 1;
