@@ -28,6 +28,8 @@ use tokio::sync::Semaphore;
 use crate::bronze::{self, BronzeTable};
 use crate::layout::Lakehouse;
 
+mod compact;
+
 /// Definition of `resources_current`: the latest version of every resource
 /// whose latest version is not a delete.
 const RESOURCES_CURRENT: &str = "CREATE VIEW resources_current AS \
@@ -332,6 +334,7 @@ pub async fn tenant_session(
         .with_config(config)
         .with_runtime_env(runtime_env)
         .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(compact::CompactAggregateOutput))
         .build();
     let ctx = SessionContext::new_with_state(state);
     for name in UNBOUNDED_FUNCTIONS {
