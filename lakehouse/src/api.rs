@@ -244,6 +244,14 @@ async fn sql(
                     bytes,
                 )
                     .into_response(),
+                Err(err @ crate::sql::RenderError::NestedInCsv { .. }) => {
+                    tracing::info!(request_id, error = %err, "query result not renderable as CSV");
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        "unsupported-format",
+                        &err.to_string(),
+                    )
+                }
                 Err(err) => {
                     tracing::error!(request_id, error = %err, "rendering a query result failed");
                     error(

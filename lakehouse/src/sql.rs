@@ -43,14 +43,34 @@ const RESOURCES_CURRENT: &str = "CREATE VIEW resources_current AS \
 const QUERY_STACK_BYTES: usize = 1 << 30;
 /// Longest accepted statement, in bytes.
 pub const MAX_SQL_BYTES: usize = 256 * 1024;
+/// Maximum nesting depth of expressions in a statement. DataFusion's planning time grows
+/// faster than linearly with the depth of a chain such as `1+1+...+1`, and
+/// planning does not stop at the query timeout, so a few deep chains would
+/// hold every query slot.
+pub const MAX_EXPRESSION_DEPTH: usize = 1000;
 /// Rows per batch inside a query. Smaller than DataFusion's default of 8192
 /// so each step of an expensive join or filter is short, which is where a
 /// cancelled query stops.
 const BATCH_ROWS: usize = 1024;
 /// Functions that build values of any size from small arguments. DataFusion's
 /// memory limit counts operator buffers, not expression results, so these
-/// are not offered.
-const UNBOUNDED_FUNCTIONS: [&str; 4] = ["repeat", "lpad", "rpad", "array_repeat"];
+/// are not offered. The table functions `range` and `generate_series` stay,
+/// because they stream rows that the row cap and the timeout bound.
+// NOTE: concatenating a value with itself in each of many chained CTEs also
+// doubles its size per step without any of these functions.
+const UNBOUNDED_FUNCTIONS: [&str; 7] = [
+    "repeat",
+    "lpad",
+    "rpad",
+    "array_repeat",
+    "array_resize",
+    "range",
+    "generate_series",
+];
+/// Maximum cell length of the text table format, in characters. The table pads
+/// every row to its widest cell, so one long value times many rows would
+/// otherwise take gigabytes.
+const MAX_TABLE_CELL_CHARS: usize = 200;
 
 /// Limits applied to every query.
 #[derive(Debug, Clone)]
@@ -117,6 +137,13 @@ impl QueryError {
             {
                 QueryError::NotAllowed(message.clone())
             }
+            DataFusionError::Plan(message) if unavailable_function(message).is_some() => {
+                let name = unavailable_function(message).unwrap_or_default();
+                QueryError::Invalid(format!(
+                    "function '{name}' is not available, because it builds values of any size \
+                     that the query memory limit does not count"
+                ))
+            }
             DataFusionError::ResourcesExhausted(detail) => QueryError::Memory {
                 limit_mib: limits.memory_bytes >> 20,
                 detail: detail.clone(),
@@ -128,6 +155,63 @@ impl QueryError {
             _ => QueryError::Lakehouse(err.to_string()),
         }
     }
+}
+
+/// Returns the name in DataFusion's "Invalid function 'NAME'" planning error
+/// when NAME is one of [`UNBOUNDED_FUNCTIONS`].
+fn unavailable_function(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("Invalid function '")?;
+    let name = &rest[..rest.find('\'')?];
+    UNBOUNDED_FUNCTIONS.contains(&name).then_some(name)
+}
+
+/// Rejects a statement whose expressions nest deeper than
+/// [`MAX_EXPRESSION_DEPTH`]. A statement that does not parse passes, so the
+/// planner reports its syntax error.
+fn check_expression_depth(sql: &str) -> Result<(), QueryError> {
+    use datafusion::sql::parser::{DFParser, Statement};
+    use datafusion::sql::sqlparser::ast::{Expr, Visit, Visitor};
+    use std::ops::ControlFlow;
+
+    struct Depth {
+        current: usize,
+    }
+    impl Visitor for Depth {
+        type Break = ();
+
+        fn pre_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<()> {
+            self.current += 1;
+            if self.current > MAX_EXPRESSION_DEPTH {
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        }
+
+        fn post_visit_expr(&mut self, _expr: &Expr) -> ControlFlow<()> {
+            self.current -= 1;
+            ControlFlow::Continue(())
+        }
+    }
+
+    let Ok(statements) = DFParser::parse_sql(sql) else {
+        return Ok(());
+    };
+    for statement in &statements {
+        let mut statement = statement;
+        while let Statement::Explain(explain) = statement {
+            statement = &explain.statement;
+        }
+        let Statement::Statement(inner) = statement else {
+            continue;
+        };
+        if inner.visit(&mut Depth { current: 0 }).is_break() {
+            return Err(QueryError::Invalid(format!(
+                "expressions nest more than {MAX_EXPRESSION_DEPTH} levels deep; \
+                 use IN (...) for long lists of alternatives, or split the statement"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A query's result.
@@ -279,6 +363,7 @@ async fn run_query(
     limits: &QueryLimits,
     tenant_views: &BTreeSet<String>,
 ) -> Result<QueryResult, QueryError> {
+    check_expression_depth(sql)?;
     let ctx = tenant_session(lake, tenant, limits, tenant_views).await?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
@@ -428,11 +513,21 @@ impl OutputFormat {
     }
 }
 
-/// Serialises a result in the given format.
-pub fn render(
-    result: &QueryResult,
-    format: OutputFormat,
-) -> Result<Vec<u8>, arrow::error::ArrowError> {
+/// Error from serialising a query result.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The format cannot hold a column of the result.
+    #[error(
+        "column '{column}' of type {data_type} cannot be written as CSV; use format json, arrow or table, or turn it into text with array_to_string"
+    )]
+    NestedInCsv { column: String, data_type: String },
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// Serialises a result in the given format. The table format cuts cells
+/// longer than 200 characters and appends how many it cut.
+pub fn render(result: &QueryResult, format: OutputFormat) -> Result<Vec<u8>, RenderError> {
     let mut out = Vec::new();
     match format {
         OutputFormat::Table => {
@@ -442,11 +537,36 @@ pub fn render(
             } else {
                 &result.batches[..]
             };
-            let table = arrow::util::pretty::pretty_format_batches(batches)?;
+            let mut cut = 0usize;
+            let shortened = batches
+                .iter()
+                .map(|batch| shorten_cells(batch, &mut cut))
+                .collect::<Result<Vec<_>, _>>()?;
+            let table = arrow::util::pretty::pretty_format_batches(&shortened)?;
             out.extend_from_slice(table.to_string().as_bytes());
             out.push(b'\n');
+            if cut > 0 {
+                out.extend_from_slice(
+                    format!(
+                        "Values cut to {MAX_TABLE_CELL_CHARS} characters: {cut}. \
+                         Use format csv or json for whole values.\n"
+                    )
+                    .as_bytes(),
+                );
+            }
         }
         OutputFormat::Csv => {
+            if let Some(field) = result
+                .schema
+                .fields()
+                .iter()
+                .find(|field| field.data_type().is_nested())
+            {
+                return Err(RenderError::NestedInCsv {
+                    column: field.name().clone(),
+                    data_type: field.data_type().to_string(),
+                });
+            }
             let mut writer = arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(&mut out);
@@ -476,4 +596,47 @@ pub fn render(
         }
     }
     Ok(out)
+}
+
+/// Formats every cell of `batch` as text, cutting cells longer than
+/// [`MAX_TABLE_CELL_CHARS`] and counting them in `cut`. Nulls stay null so
+/// the table shows them as empty cells.
+fn shorten_cells(
+    batch: &RecordBatch,
+    cut: &mut usize,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{Array, StringBuilder};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+    let options = FormatOptions::default();
+    let mut columns: Vec<arrow::array::ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for column in batch.columns() {
+        let formatter = ArrayFormatter::try_new(column.as_ref(), &options)?;
+        let mut builder = StringBuilder::new();
+        for row in 0..column.len() {
+            if column.is_null(row) {
+                builder.append_null();
+                continue;
+            }
+            let text = formatter.value(row).to_string();
+            match text.char_indices().nth(MAX_TABLE_CELL_CHARS) {
+                Some((end, _)) => {
+                    *cut += 1;
+                    builder.append_value(format!("{}…", &text[..end]));
+                }
+                None => builder.append_value(text),
+            }
+        }
+        columns.push(Arc::new(builder.finish()));
+    }
+    let fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| Field::new(field.name(), DataType::Utf8, true))
+        .collect();
+    let options =
+        arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)
 }

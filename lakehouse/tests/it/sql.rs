@@ -11,7 +11,7 @@ use infoctor_lakehouse::Lakehouse;
 use infoctor_lakehouse::api::{LakehouseState, router};
 use infoctor_lakehouse::bronze::{BronzeTable, ChangeRecord, Operation, Source};
 use infoctor_lakehouse::sql::{
-    OutputFormat, QueryError, QueryLimits, QueryResult, QueryService, render,
+    OutputFormat, QueryError, QueryLimits, QueryResult, QueryService, RenderError, render,
 };
 
 use crate::common::{Env, pairs, scalar_i64};
@@ -350,6 +350,50 @@ async fn results_render_in_every_format() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_format_cuts_long_cells() {
+    let (_dir, lake) = lake();
+    let queries = service(&lake, QueryLimits::default());
+    let long = format!("é{}", "x".repeat(800));
+    let result = queries
+        .query(
+            "alpha",
+            &format!("SELECT '{long}' AS long, NULL AS missing"),
+        )
+        .await
+        .unwrap();
+    let table = String::from_utf8(render(&result, OutputFormat::Table).unwrap()).unwrap();
+    let cell = format!("é{}…", "x".repeat(199));
+    assert!(table.contains(&format!("| {cell} |")), "{table}");
+    assert!(!table.contains(&"x".repeat(200)), "{table}");
+    assert!(
+        table.ends_with(
+            "Values cut to 200 characters: 1. Use format csv or json for whole values.\n"
+        ),
+        "{table}"
+    );
+    let csv = String::from_utf8(render(&result, OutputFormat::Csv).unwrap()).unwrap();
+    assert!(csv.contains(&long), "{csv}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rejects_nested_columns() {
+    let (_dir, lake) = lake();
+    let queries = service(&lake, QueryLimits::default());
+    let result = queries
+        .query("alpha", "SELECT 1 AS n, make_array(1, 2) AS list")
+        .await
+        .unwrap();
+    let err = render(&result, OutputFormat::Csv).unwrap_err();
+    assert!(
+        matches!(&err, RenderError::NestedInCsv { column, .. } if column == "list"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("array_to_string"), "{err}");
+    let json = String::from_utf8(render(&result, OutputFormat::Json).unwrap()).unwrap();
+    assert_eq!(json, r#"[{"n":1,"list":[1,2]}]"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_endpoint_answers_and_rejects() {
     let env = Env::new(&["alpha"]).await;
     seed(&env.lake, "alpha", 4).await;
@@ -413,6 +457,15 @@ async fn http_endpoint_answers_and_rejects() {
     assert_eq!(invalid.status(), 400);
     let body: serde_json::Value = invalid.json().await.unwrap();
     assert_eq!(body["error"]["code"], "invalid-query");
+    let nested = client
+        .post(format!("{url}?format=csv"))
+        .body("SELECT make_array(1, 2) AS list")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nested.status(), 400);
+    let body: serde_json::Value = nested.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported-format");
     let unknown = client
         .post(format!("http://{address}/lakehouse/nobody/sql"))
         .body("SELECT 1")
@@ -447,9 +500,20 @@ async fn long_expressions_plan_without_crashing() {
     let (_dir, lake) = lake();
     seed(&lake, "alpha", 10).await;
     let queries = service(&lake, QueryLimits::default());
-    let sum = format!("SELECT {}", vec!["1"; 2_000].join("+"));
+    let sum = format!("SELECT {}", vec!["1"; 900].join("+"));
     let result = queries.query("alpha", &sum).await.unwrap();
-    assert_eq!(column_strings(&result, 0), vec!["2000"]);
+    assert_eq!(column_strings(&result, 0), vec!["900"]);
+    for deep in [
+        format!("SELECT {}", vec!["1"; 1_100].join("+")),
+        format!(
+            "EXPLAIN SELECT count(*) FROM bronze WHERE {}",
+            vec!["id = 'x'"; 1_100].join(" OR ")
+        ),
+    ] {
+        let err = queries.query("alpha", &deep).await.unwrap_err();
+        assert!(matches!(err, QueryError::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("1000 levels"), "{err}");
+    }
     let ids: Vec<String> = (0..5_000).map(|n| format!("'alpha-p{n}'")).collect();
     let list = format!(
         "SELECT count(*) FROM bronze WHERE id IN ({})",
@@ -520,14 +584,36 @@ async fn timed_out_queries_leave_service_usable() {
 async fn value_building_functions_are_unavailable() {
     let (_dir, lake) = lake();
     let queries = service(&lake, QueryLimits::default());
-    for query in [
-        "SELECT repeat('x', 1500000000)",
-        "SELECT lpad('x', 1500000000)",
-        "SELECT rpad('x', 1500000000)",
+    for (query, name) in [
+        ("SELECT repeat('x', 1500000000)", "repeat"),
+        ("SELECT lpad('x', 1500000000)", "lpad"),
+        ("SELECT rpad('x', 1500000000)", "rpad"),
+        ("SELECT array_repeat(1, 2000000000)", "array_repeat"),
+        (
+            "SELECT cardinality(array_resize(make_array(1), 2000000000, 1))",
+            "array_resize",
+        ),
+        ("SELECT cardinality(range(1, 2000000000))", "range"),
+        (
+            "SELECT cardinality(generate_series(1, 2000000000))",
+            "generate_series",
+        ),
     ] {
         let err = queries.query("alpha", query).await.unwrap_err();
-        assert!(matches!(err, QueryError::Invalid(_)), "{query}: {err:?}");
+        let QueryError::Invalid(message) = &err else {
+            panic!("{query}: {err:?}");
+        };
+        assert!(
+            message.contains(&format!("function '{name}' is not available")),
+            "{query}: {message}"
+        );
     }
+    // The table functions of the same names stream rows and stay available.
+    let rows = queries
+        .query("alpha", "SELECT count(*) FROM range(1, 1001)")
+        .await
+        .unwrap();
+    assert_eq!(scalar_i64(&rows), 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
