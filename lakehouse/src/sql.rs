@@ -43,10 +43,10 @@ const RESOURCES_CURRENT: &str = "CREATE VIEW resources_current AS \
 const QUERY_STACK_BYTES: usize = 1 << 30;
 /// Longest accepted statement, in bytes.
 pub const MAX_SQL_BYTES: usize = 256 * 1024;
-/// Maximum nesting depth of expressions in a statement. DataFusion's planning time grows
-/// faster than linearly with the depth of a chain such as `1+1+...+1`, and
-/// planning does not stop at the query timeout, so a few deep chains would
-/// hold every query slot.
+/// Maximum nesting depth of expressions in a statement. DataFusion's
+/// planning time grows faster than linearly with the depth of a chain such
+/// as `1+1+...+1`, and planning does not stop at the query timeout, so a few
+/// deep chains would hold every query slot.
 pub const MAX_EXPRESSION_DEPTH: usize = 1000;
 /// Rows per batch inside a query. Smaller than DataFusion's default of 8192
 /// so each step of an expensive join or filter is short, which is where a
@@ -67,9 +67,9 @@ const UNBOUNDED_FUNCTIONS: [&str; 7] = [
     "range",
     "generate_series",
 ];
-/// Maximum cell length of the text table format, in characters. The table pads
-/// every row to its widest cell, so one long value times many rows would
-/// otherwise take gigabytes.
+/// Maximum cell length of the text table format, in characters. The table
+/// pads every row to its widest cell, so one long value times many rows
+/// would otherwise take gigabytes.
 const MAX_TABLE_CELL_CHARS: usize = 200;
 
 /// Limits applied to every query.
@@ -127,6 +127,14 @@ pub enum QueryError {
 
 impl QueryError {
     fn from_datafusion(err: DataFusionError, limits: &QueryLimits) -> QueryError {
+        if let DataFusionError::Plan(message) = err.find_root()
+            && let Some(name) = unavailable_function(message)
+        {
+            return QueryError::Invalid(format!(
+                "function '{name}' is not available, because it builds values of any size \
+                 that the query memory limit does not count"
+            ));
+        }
         match err.find_root() {
             // SQLOptions::verify_plan reports a disallowed statement as a
             // planning error with this wording.
@@ -136,13 +144,6 @@ impl QueryError {
                     || message.starts_with("Statement not supported") =>
             {
                 QueryError::NotAllowed(message.clone())
-            }
-            DataFusionError::Plan(message) if unavailable_function(message).is_some() => {
-                let name = unavailable_function(message).unwrap_or_default();
-                QueryError::Invalid(format!(
-                    "function '{name}' is not available, because it builds values of any size \
-                     that the query memory limit does not count"
-                ))
             }
             DataFusionError::ResourcesExhausted(detail) => QueryError::Memory {
                 limit_mib: limits.memory_bytes >> 20,
