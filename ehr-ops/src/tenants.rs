@@ -47,9 +47,10 @@ pub async fn create(db: &Database, name: &str) -> Result<Tenant, TenantError> {
         return Err(TenantError::InvalidName(name.to_owned()));
     }
     let created: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "INSERT INTO tenants (tenant) VALUES ($1) ON CONFLICT DO NOTHING RETURNING created_at",
+        "INSERT INTO tenants (tenant, index_rules) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING created_at",
     )
     .bind(name)
+    .bind(crate::store::reindex::INDEX_RULES)
     .fetch_optional(db.admin_pool())
     .await?;
     match created {

@@ -1,9 +1,10 @@
 //! `capabilities`: the CapabilityStatement, generated from what the code
 //! supports so it cannot drift from it.
 //!
-//! Composite and special search parameters, `_summary` modes other than
-//! `count` and `false`, chains deeper than one level and wildcard includes
-//! are not implemented and are therefore not listed.
+//! Special search parameters, composites of more than two components or
+//! whose first component is neither a token nor a reference, `_summary`
+//! modes other than `count` and `false`, chains deeper than one level and
+//! wildcard includes are not implemented and are therefore not listed.
 
 use http::StatusCode;
 use infoctor_fhir::model::Model;
@@ -49,12 +50,12 @@ fn resource_entry(resource_type: &str, operations: &[OperationCapability]) -> Va
     let mut includes = Vec::new();
     let mut revincludes = Vec::new();
     for def in registry.params_for(resource_type) {
-        if matches!(
-            def.kind,
-            SearchParamType::Composite | SearchParamType::Special
-        ) || def.code == "_id"
-            || def.code == "_lastUpdated"
-        {
+        let unsupported = match def.kind {
+            SearchParamType::Special => true,
+            SearchParamType::Composite => !def.is_indexed(),
+            _ => false,
+        };
+        if unsupported || def.code == "_id" || def.code == "_lastUpdated" {
             continue;
         }
         params.push(json!({"name": def.code, "type": type_code(def.kind), "definition": def.url}));

@@ -73,8 +73,9 @@ pub struct Database {
 
 impl Database {
     /// Connects as the administrator, migrates the schema, makes sure the
-    /// application role exists with safe attributes, and opens the
-    /// application pool.
+    /// application role exists with safe attributes, opens the application
+    /// pool, and rebuilds the index rows of tenants stored under older
+    /// extraction rules (see [`crate::store::reindex`]).
     pub async fn connect(config: &DatabaseConfig) -> Result<Database, DatabaseError> {
         let admin_options =
             PgConnectOptions::from_str(&config.admin_url).map_err(DatabaseError::InvalidUrl)?;
@@ -110,12 +111,14 @@ impl Database {
                 role: APP_ROLE.to_owned(),
                 source,
             })?;
-        tracing::info!(admin_role = %admin_role, app_role = APP_ROLE, "database ready");
-        Ok(Database {
+        let db = Database {
             admin,
             app,
             admin_url: config.admin_url.clone(),
-        })
+        };
+        crate::store::reindex::reindex_stale_tenants(&db).await?;
+        tracing::info!(admin_role = %admin_role, app_role = APP_ROLE, "database ready");
+        Ok(db)
     }
 
     /// Returns the application pool, whose connections are bound by row-level security.

@@ -8,6 +8,7 @@
 use chrono::{DateTime, TimeDelta, Utc};
 use infoctor_fhir::datetime::DateRange;
 use infoctor_fhir::model::Model;
+use infoctor_fhir::search::composite;
 use infoctor_fhir::search::{ImplicitRange, SearchParamDef, SearchParamRegistry, SearchParamType};
 use rust_decimal::Decimal;
 
@@ -177,7 +178,8 @@ pub enum Modifier {
 pub struct Filter {
     /// Parameter code (`birthdate`, `_id`, ...).
     pub code: String,
-    /// Parameter type.
+    /// Parameter type; for a composite, the type of its second component,
+    /// whose index rows hold the pairs.
     pub kind: SearchParamType,
     /// Modifier.
     pub modifier: Modifier,
@@ -194,6 +196,10 @@ pub struct Filter {
     /// (see `SearchParamDef::typed_base`): the base code and the type. The base
     /// rows with that type contain this parameter's relative references.
     pub typed_base: Option<(String, String)>,
+    /// For a composite: per value, the row codes of the pairs whose first
+    /// value the value's first half names. `values` then holds the second
+    /// halves, and `row_codes` every code named here. Empty otherwise.
+    pub value_codes: Vec<Vec<String>>,
 }
 
 /// One `_sort` key.
@@ -349,6 +355,7 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> FhirResult<Sear
         }
         request.defining_pairs.push((name.clone(), value.clone()));
     }
+    request.filters = pair_conjunctions(resource_type, request.filters);
     Ok(request)
 }
 
@@ -385,10 +392,13 @@ fn param_kind(resource_type: &str, code: &str) -> FhirResult<SearchParamType> {
         _ => {
             let def = registry_param(resource_type, code)?;
             match def.kind {
-                SearchParamType::Composite | SearchParamType::Special => {
+                SearchParamType::Special => Err(FhirError::NotSupported(format!(
+                    "search parameter '{code}' (special) is not supported by this server"
+                ))),
+                SearchParamType::Composite if !def.is_indexed() => {
                     Err(FhirError::NotSupported(format!(
-                        "search parameter '{code}' ({:?}) is not supported by this server",
-                        def.kind
+                        "composite search parameter '{code}' is not supported by this server; \
+                         it pairs more than two components or starts with neither a token nor a reference"
                     )))
                 }
                 kind => Ok(kind),
@@ -466,6 +476,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             chain: Some((target, Box::new(inner))),
             row_codes: vec![code.to_owned()],
             typed_base: typed_base(resource_type, code),
+            value_codes: Vec::new(),
         });
     }
 
@@ -474,6 +485,16 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         None => (name, None),
     };
     let kind = param_kind(resource_type, code)?;
+    if kind == SearchParamType::Composite {
+        let def = registry_param(resource_type, code)?;
+        return match modifier_text {
+            None => parse_composite(def, value),
+            Some("missing") => composite_missing(def, name, value),
+            Some(modifier) => Err(FhirError::NotSupported(format!(
+                "modifier ':{modifier}' on the composite parameter '{code}' is not supported by this server"
+            ))),
+        };
+    }
     let modifier = match modifier_text {
         None => Modifier::None,
         Some("missing") => Modifier::Missing,
@@ -492,16 +513,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         }
     };
     if modifier == Modifier::Missing {
-        let missing = match value {
-            "true" => true,
-            "false" => false,
-            other => {
-                return Err(invalid(
-                    format!("invalid :missing value '{other}': use true or false"),
-                    name,
-                ));
-            }
-        };
+        let missing = parse_missing(name, value)?;
         return Ok(Filter {
             code: code.to_owned(),
             kind,
@@ -511,6 +523,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             chain: None,
             row_codes: row_codes(resource_type, code),
             typed_base: typed_base(resource_type, code),
+            value_codes: Vec::new(),
         });
     }
     let values = split_values(value)
@@ -541,7 +554,233 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         chain: None,
         row_codes: row_codes(resource_type, code),
         typed_base: typed_base(resource_type, code),
+        value_codes: Vec::new(),
     })
+}
+
+fn parse_missing(name: &str, value: &str) -> FhirResult<bool> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(invalid(
+            format!("invalid :missing value '{other}': use true or false"),
+            name,
+        )),
+    }
+}
+
+/// Parses `:missing` on a composite: whether the resource has no pair of it.
+/// Its row codes end with the separator, which stands for every pair of
+/// that composite (see `sql::push_code_match`).
+fn composite_missing(def: &SearchParamDef, name: &str, value: &str) -> FhirResult<Filter> {
+    let missing = parse_missing(name, value)?;
+    let kind = def
+        .components()
+        .last()
+        .map_or(SearchParamType::Token, |component| component.kind);
+    Ok(Filter {
+        code: def.code.clone(),
+        kind,
+        modifier: Modifier::Missing,
+        values: Vec::new(),
+        missing: Some(missing),
+        chain: None,
+        row_codes: pair_codes(def, ""),
+        typed_base: None,
+        value_codes: Vec::new(),
+    })
+}
+
+/// Parses the values of a composite parameter, each `first$second` with
+/// `\$` for a literal `$`. The first half names a token or a reference and
+/// selects the row codes of the pairs; the second is parsed as a value of
+/// the second component's kind.
+fn parse_composite(def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
+    let code = def.code.as_str();
+    let [first, second] = def.components() else {
+        return Err(FhirError::NotSupported(format!(
+            "composite search parameter '{code}' is not supported by this server"
+        )));
+    };
+    let example = match second.kind {
+        SearchParamType::Quantity => "http://loinc.org|4548-4$gt7",
+        SearchParamType::Date => "http://loinc.org|21112-8$ge2020-01-01",
+        _ => "http://loinc.org|72166-2$http://snomed.info/sct|8517006",
+    };
+    let parts = split_raw(value);
+    if parts.is_empty() {
+        return Err(invalid(
+            format!("empty value for search parameter '{code}'"),
+            code,
+        ));
+    }
+    if parts.len() > MAX_VALUES {
+        return Err(invalid(
+            format!(
+                "{} values for '{code}'; send at most {MAX_VALUES}",
+                parts.len()
+            ),
+            code,
+        ));
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    let mut value_codes = Vec::with_capacity(parts.len());
+    for part in parts {
+        let halves =
+            split_dollar(&part).map(|(a, b)| (split_values(a).pop(), split_values(b).pop()));
+        let (Some(a), Some(b)) = halves.unwrap_or_default() else {
+            return Err(invalid(
+                format!(
+                    "invalid value '{part}' for composite parameter '{code}': give both components \
+                     as {first}${second}, e.g. {code}={example}",
+                    first = first.code,
+                    second = second.code
+                ),
+                code,
+            ));
+        };
+        let form = first_form(&parse_value(first.kind, &Modifier::None, &first.code, &a)?)
+            .ok_or_else(|| invalid(format!("invalid first component '{a}' for '{code}'"), code))?;
+        values.push(parse_value(second.kind, &Modifier::None, &second.code, &b)?);
+        value_codes.push(pair_codes(def, &form));
+    }
+    Ok(composite_filter(def, second.kind, values, value_codes))
+}
+
+/// Builds the filter of a composite from its values and their row codes.
+fn composite_filter(
+    def: &SearchParamDef,
+    kind: SearchParamType,
+    values: Vec<SearchValue>,
+    value_codes: Vec<Vec<String>>,
+) -> Filter {
+    let mut row_codes: Vec<String> = value_codes.iter().flatten().cloned().collect();
+    row_codes.sort_unstable();
+    row_codes.dedup();
+    Filter {
+        code: def.code.clone(),
+        kind,
+        modifier: Modifier::None,
+        values,
+        missing: None,
+        chain: None,
+        row_codes,
+        typed_base: None,
+        value_codes,
+    }
+}
+
+/// Returns the form by which a composite's row codes name a first value.
+fn first_form(value: &SearchValue) -> Option<String> {
+    match value {
+        SearchValue::Token { system, code } => Some(composite::token_form(
+            system.as_ref().map(Option::as_deref),
+            code.as_deref(),
+        )),
+        SearchValue::Reference {
+            target_type,
+            id,
+            url,
+        } => Some(composite::reference_form(
+            target_type.as_deref(),
+            id.as_deref(),
+            url,
+        )),
+        _ => None,
+    }
+}
+
+/// Returns the row codes of a composite's pairs whose first value has `form`.
+fn pair_codes(def: &SearchParamDef, form: &str) -> Vec<String> {
+    def.row_codes()
+        .iter()
+        .map(|code| composite::row_code(code, form))
+        .collect()
+}
+
+/// Answers a search that names both parameters of a composite whose pairs
+/// are all pairs of their values (see `SearchParamDef::is_conjunction`) from
+/// the pairs: `code=X&value-quantity=gt7` becomes one lookup of the pairs
+/// under X with a value above 7, where the two filters apart would check
+/// the value of every resource with code X. The two filters match exactly
+/// the resources the pairs match, so the results do not change.
+fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filter> {
+    let plain = |filter: &Filter, code: &str| {
+        filter.code == code
+            && filter.chain.is_none()
+            && filter.missing.is_none()
+            && filter.modifier == Modifier::None
+            && filter.value_codes.is_empty()
+    };
+    for def in SearchParamRegistry::r4().params_for(resource_type) {
+        let ([first, second], true) = (def.components(), def.is_conjunction()) else {
+            continue;
+        };
+        let Some(a) = filters.iter().position(|f| plain(f, &first.code)) else {
+            continue;
+        };
+        let Some(b) = filters.iter().position(|f| plain(f, &second.code)) else {
+            continue;
+        };
+        if filters[a].values.len() * filters[b].values.len() > MAX_VALUES {
+            continue;
+        }
+        let Some(forms) = filters[a]
+            .values
+            .iter()
+            .map(first_form)
+            .collect::<Option<Vec<String>>>()
+        else {
+            continue;
+        };
+        let mut values = Vec::new();
+        let mut value_codes = Vec::new();
+        for form in &forms {
+            for value in &filters[b].values {
+                values.push(value.clone());
+                value_codes.push(pair_codes(def, form));
+            }
+        }
+        let pair = composite_filter(def, second.kind, values, value_codes);
+        filters[a.min(b)] = pair;
+        filters.remove(a.max(b));
+    }
+    filters
+}
+
+/// Splits on commas that are not escaped, keeping every escape as written.
+fn split_raw(value: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut current = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                current.push(c);
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            ',' => parts.push(std::mem::take(&mut current)),
+            other => current.push(other),
+        }
+    }
+    parts.push(current);
+    parts.into_iter().filter(|part| !part.is_empty()).collect()
+}
+
+/// Splits a composite value at its first `$` that is not escaped.
+fn split_dollar(value: &str) -> Option<(&str, &str)> {
+    let mut escaped = false;
+    for (at, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '$' => return Some((&value[..at], &value[at + 1..])),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Splits on commas that are not escaped with a backslash, and unescapes

@@ -134,22 +134,37 @@ fn is_driving(filter: &Filter) -> bool {
 }
 
 /// Tells whether a filter is a date filter on an indexed parameter without
-/// modifier or chain.
+/// modifier or chain (a composite's pairs of dates are not).
 fn is_plain_date(filter: &Filter) -> bool {
     filter.kind == SearchParamType::Date
+        && filter.value_codes.is_empty()
         && filter.code != "_lastUpdated"
         && filter.chain.is_none()
         && filter.missing.is_none()
         && filter.modifier == Modifier::None
 }
 
-/// Pushes the filter's values joined with OR.
+/// Pushes the filter's values joined with OR. A composite's value holds for
+/// the pairs under its own row codes only.
 fn push_alternatives(qb: &mut QueryBuilder<Postgres>, filter: &Filter) {
     for (n, value) in filter.values.iter().enumerate() {
         if n > 0 {
             qb.push(" OR ");
         }
         qb.push("(");
+        match filter.value_codes.get(n).map(Vec::as_slice) {
+            Some([code]) => {
+                qb.push("i.code = ");
+                qb.push_bind(code.clone());
+                qb.push(" AND ");
+            }
+            Some(codes) => {
+                qb.push("i.code = ANY(");
+                qb.push_bind(codes.to_vec());
+                qb.push(") AND ");
+            }
+            None => {}
+        }
         push_value(qb, &filter.modifier, value);
         qb.push(")");
     }
@@ -220,6 +235,25 @@ fn push_param_key(qb: &mut QueryBuilder<Postgres>, resource_type: &str, filter: 
 /// filter's parameter: rows under its row codes, and for a parameter with a
 /// typed base, the base parameter's rows that point to that type.
 fn push_code_match(qb: &mut QueryBuilder<Postgres>, filter: &Filter) {
+    // A composite's code followed by the separator alone stands for all its
+    // pairs, whatever their first value (`:missing` on a composite).
+    let separator = infoctor_fhir::search::composite::SEPARATOR;
+    if !filter.row_codes.is_empty()
+        && filter
+            .row_codes
+            .iter()
+            .all(|code| code.ends_with(separator))
+    {
+        let patterns: Vec<String> = filter
+            .row_codes
+            .iter()
+            .map(|code| format!("{}%", like_escape(code)))
+            .collect();
+        qb.push("i.code LIKE ANY(");
+        qb.push_bind(patterns);
+        qb.push(")");
+        return;
+    }
     if filter.typed_base.is_some() {
         qb.push("(");
     }

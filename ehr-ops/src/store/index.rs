@@ -315,6 +315,25 @@ impl TableSet {
     fn with(self, index: usize) -> TableSet {
         TableSet(self.0 | (1 << index))
     }
+
+    /// Returns the tables in either set.
+    pub fn union(self, other: TableSet) -> TableSet {
+        TableSet(self.0 | other.0)
+    }
+
+    /// Returns the tables in both sets.
+    pub fn intersect(self, other: TableSet) -> TableSet {
+        TableSet(self.0 & other.0)
+    }
+}
+
+/// Returns the tables in which rows with these digests exist.
+pub fn nonempty_tables(digests: &Digests) -> TableSet {
+    digests
+        .iter()
+        .enumerate()
+        .filter(|(_, digest)| **digest != 0)
+        .fold(TableSet::NONE, |set, (table, _)| set.with(table))
 }
 
 /// Per-table digests of one resource's index rows, in [`INDEX_TABLES`]
@@ -330,7 +349,7 @@ pub fn digests(entries: &[IndexEntry]) -> Digests {
     for entry in entries {
         if let Some(row) = Row::of(entry) {
             let hasher = hashers[row.table()].get_or_insert_with(Sha256::new);
-            row.feed(entry.code, hasher);
+            row.feed(&entry.code, hasher);
         }
     }
     hashers.map(|hasher| match hasher {
@@ -529,7 +548,7 @@ pub async fn insert(
             if let Some(row) = Row::of(entry)
                 && tables.contains(row.table())
             {
-                rows.add(*key, entry.code, row);
+                rows.add(*key, &entry.code, row);
             }
         }
     }
@@ -858,14 +877,14 @@ mod tests {
         let long = "x".repeat(MAX_INDEXED_BYTES + 10);
         let longer = "x".repeat(MAX_INDEXED_BYTES + 20);
         let string = |text: &str| IndexEntry {
-            code: "name",
+            code: "name".into(),
             value: IndexValue::String {
                 normalized: text.to_owned(),
                 exact: text.to_owned(),
             },
         };
         let token = |text: &str| IndexEntry {
-            code: "code",
+            code: "code".into(),
             value: IndexValue::Token {
                 system: None,
                 code: Some(text.to_owned()),

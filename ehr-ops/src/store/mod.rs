@@ -11,6 +11,7 @@
 pub mod bulk;
 pub mod index;
 mod prepare;
+pub mod reindex;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;

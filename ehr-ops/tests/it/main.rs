@@ -8,6 +8,7 @@
 mod attacks;
 mod bundles;
 mod common;
+mod composites;
 mod concurrency;
 mod index_rows;
 mod interactions;

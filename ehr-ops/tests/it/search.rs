@@ -39,16 +39,16 @@ fn patient(family: &str, birth_date: Option<&str>) -> Value {
 }
 
 /// Names the created resources so a failing case prints names, not uuids.
-struct Named {
+pub(crate) struct Named {
     names: Vec<(String, String)>,
 }
 
 impl Named {
-    fn new() -> Named {
+    pub(crate) fn new() -> Named {
         Named { names: Vec::new() }
     }
 
-    async fn add(
+    pub(crate) async fn add(
         &mut self,
         server: &TestServer,
         tenant: &str,
@@ -74,7 +74,7 @@ impl Named {
         names
     }
 
-    async fn assert_search(
+    pub(crate) async fn assert_search(
         &self,
         server: &TestServer,
         tenant: &str,
@@ -379,6 +379,14 @@ async fn searches_use_the_key_indexes() {
             "idx_date_resource",
             "resource_key =",
         ),
+        // A code with a value is one range of the code's pairs.
+        (
+            "Observation",
+            "code",
+            "http://loinc.org|4548-4&value-quantity=gt7",
+            "idx_quantity_lookup",
+            "param_key =",
+        ),
     ];
     for (resource_type, code, value, index, key) in cases {
         let mut pairs = vec![(code.to_owned(), value.to_owned())];
@@ -412,6 +420,12 @@ async fn searches_use_the_key_indexes() {
                 .any(|line| line.contains("Index Cond") && line.contains(key)),
             "{code}={value} does not bound the index's key:\n{plan}"
         );
+        if resource_type == "Observation" {
+            assert!(
+                !plan.contains("idx_token"),
+                "{code}={value} reads token rows:\n{plan}"
+            );
+        }
     }
 }
 
@@ -1634,9 +1648,9 @@ async fn invalid_queries_are_rejected() {
         ("Observation", "subject", "Patient/", 400, "subject"),
         ("Patient", "_id", "a\0b", 400, "_id"),
         (
-            "Observation",
-            "code-value-quantity",
-            "http://loinc.org|8480-6$gt100",
+            "MolecularSequence",
+            "chromosome-window-coordinate",
+            "1$2$3",
             501,
             "",
         ),
@@ -1663,11 +1677,11 @@ async fn invalid_queries_are_rejected() {
     let (status, outcome) = search(
         &server,
         &tenant,
-        "Observation",
-        &[("code-value-quantity", "x")],
+        "Location",
+        &[("near", "42.25|-83.69|10|km")],
     )
     .await;
-    assert_eq!(status, 501);
+    assert_eq!(status, 501, "{outcome}");
     assert_eq!(issue_code(&outcome), "not-supported");
     let (status, outcome) = search(&server, &tenant, "NoSuchType", &[]).await;
     assert_eq!(status, 404, "{outcome}");

@@ -5,13 +5,16 @@
 //! [`extract`] evaluates every indexed parameter of a resource's type and converts each result
 //! to an [`IndexValue`], the rows the store writes so that searches never read resource JSON.
 //!
-//! Not extracted: composite and special parameters (`near`, the component pairs such as
-//! `code-value-quantity`), parameters without an expression (`_content`, `_text`, `_query`),
-//! and `_id` and `_lastUpdated`, which the store indexes from its own columns. Values of a
+//! Composite parameters (`code-value-quantity`) are extracted as pairs of their two
+//! components' values; [`composite`] describes their rows. Not extracted: special parameters
+//! (`near`), composites whose first component is neither a token nor a reference, parameters
+//! without an expression (`_content`, `_text`, `_query`), and `_id` and `_lastUpdated`,
+//! which the store indexes from its own columns. Values of a
 //! type that a parameter kind does not cover (a `Range` under a token parameter, say) yield no
 //! entry. A date that does not parse fails the whole extraction with [`ExtractError`], since
 //! the resource is invalid.
 
+pub mod composite;
 mod convert;
 mod precision;
 #[cfg(test)]
@@ -23,9 +26,11 @@ use crate::datetime::DateTimeError;
 use crate::fhirpath::{Expression, FhirPathError};
 use caseless::Caseless;
 use chrono::{DateTime, Utc};
+use composite::Component;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::OnceLock;
@@ -87,6 +92,11 @@ pub struct SearchParamDef {
     /// For a reference parameter `X.where(resolve() is T)` beside a
     /// parameter on `X`: that parameter's code and T.
     typed_base: Option<(String, String)>,
+    /// For a composite parameter that can be indexed: its two components.
+    components: Vec<Component>,
+    /// For a composite: whether its pairs are all pairs of its parameters'
+    /// values (see [`SearchParamDef::is_conjunction`]).
+    conjunction: bool,
 }
 
 impl SearchParamDef {
@@ -96,7 +106,9 @@ impl SearchParamDef {
     }
 
     /// Returns the codes of the index rows that contain this parameter's values.
-    /// A search on the parameter matches rows under any of them.
+    /// A search on the parameter matches rows under any of them. For a
+    /// composite parameter they are the composites whose pairs hold its own
+    /// (see [`composite::row_code`]).
     pub fn row_codes(&self) -> &[String] {
         &self.row_codes
     }
@@ -119,14 +131,28 @@ impl SearchParamDef {
         self.is_indexed() && self.row_codes.len() == 1 && self.row_codes[0] == self.code
     }
 
+    /// Returns the two components of a composite parameter that is indexed,
+    /// and nothing for any other parameter.
+    pub fn components(&self) -> &[Component] {
+        &self.components
+    }
+
+    /// Returns true for an indexed composite whose pairs are every pair of
+    /// the values its two parameters index on a resource (Observation's
+    /// `code-value-quantity`, whose expression is the Observation itself).
+    /// A search naming both parameters can then be answered from its pairs.
+    pub fn is_conjunction(&self) -> bool {
+        self.conjunction
+    }
+
     /// Returns true when searches on this parameter are served from index rows.
     pub fn is_indexed(&self) -> bool {
         self.compiled.is_some()
-            && !matches!(
-                self.kind,
-                SearchParamType::Composite | SearchParamType::Special
-            )
-            && !matches!(self.code.as_str(), "_id" | "_lastUpdated")
+            && match self.kind {
+                SearchParamType::Special => false,
+                SearchParamType::Composite => !self.components.is_empty(),
+                _ => !matches!(self.code.as_str(), "_id" | "_lastUpdated"),
+            }
     }
 }
 
@@ -174,6 +200,14 @@ struct RawParameter {
     #[serde(default)]
     targets: Vec<String>,
     url: String,
+    #[serde(default)]
+    components: Vec<RawComponent>,
+}
+
+#[derive(Deserialize)]
+struct RawComponent {
+    definition: String,
+    expression: String,
 }
 
 #[derive(Deserialize)]
@@ -207,9 +241,16 @@ impl SearchParamRegistry {
         let raw: RawParameters = serde_json::from_str(&gunzip(parameters)?)?;
         let compartment: RawCompartment = serde_json::from_str(&gunzip(compartment)?)?;
         let mut own: HashMap<String, Vec<SearchParamDef>> = HashMap::new();
+        let mut raw_components: HashMap<(String, String), Vec<RawComponent>> = HashMap::new();
         for (resource_type, entries) in raw.parameters {
             let mut defs = Vec::with_capacity(entries.len());
-            for entry in entries {
+            for mut entry in entries {
+                if !entry.components.is_empty() {
+                    raw_components.insert(
+                        (resource_type.clone(), entry.code.clone()),
+                        std::mem::take(&mut entry.components),
+                    );
+                }
                 defs.push(build_def(&resource_type, entry)?);
             }
             own.insert(resource_type, defs);
@@ -228,7 +269,12 @@ impl SearchParamRegistry {
                 find_typed_bases(&mut all);
                 (resource_type, all)
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        let mut by_type = by_type;
+        for (resource_type, defs) in by_type.iter_mut() {
+            resolve_components(resource_type, defs, &raw_components)?;
+            share_composite_rows(defs);
+        }
         Ok(SearchParamRegistry {
             by_type,
             common,
@@ -290,6 +336,8 @@ fn build_def(resource_type: &str, raw: RawParameter) -> Result<SearchParamDef, R
     Ok(SearchParamDef {
         row_codes: vec![raw.code.clone()],
         typed_base: None,
+        components: Vec::new(),
+        conjunction: false,
         code: raw.code,
         kind,
         expression: raw.expression,
@@ -334,6 +382,162 @@ fn find_typed_bases(defs: &mut [SearchParamDef]) {
     }
     for (n, base, target) in found {
         defs[n].typed_base = Some((base, target));
+    }
+}
+
+/// Resolves the components of each composite parameter against the other
+/// parameters of its type. A composite keeps no components, and is not
+/// indexed, when a definition is missing or its kinds are not supported (see
+/// [`composite::supported`]).
+///
+/// A component whose parameter's expression is the composite's expression
+/// followed by a plain path (`DocumentReference.relatesTo.target` under
+/// `DocumentReference.relatesTo`) takes that path as its expression. The R4
+/// definitions give DocumentReference's `relationship` the expressions of its
+/// two components in swapped order, and this puts each on its own element.
+fn resolve_components(
+    resource_type: &str,
+    defs: &mut [SearchParamDef],
+    raw: &HashMap<(String, String), Vec<RawComponent>>,
+) -> Result<(), RegistryError> {
+    let mut resolved = Vec::new();
+    for (n, def) in defs.iter().enumerate() {
+        if def.kind != SearchParamType::Composite {
+            continue;
+        }
+        let Some(raw_components) = raw.get(&(resource_type.to_owned(), def.code.clone())) else {
+            continue;
+        };
+        let root = def.expression.as_deref().unwrap_or_default();
+        let mut components = Vec::with_capacity(raw_components.len());
+        for component in raw_components {
+            let Some(position) = defs
+                .iter()
+                .position(|other| other.url == component.definition && other.is_indexed())
+            else {
+                break;
+            };
+            let target = &defs[position];
+            let path = target
+                .expression
+                .as_deref()
+                .and_then(|text| text.strip_prefix(root))
+                .and_then(|rest| rest.strip_prefix('.'))
+                .filter(|rest| {
+                    !rest.is_empty()
+                        && rest
+                            .split('.')
+                            .all(|step| !step.is_empty() && step.chars().all(char::is_alphanumeric))
+                });
+            let text = path.unwrap_or(component.expression.as_str());
+            let expression =
+                Expression::parse(text).map_err(|source| RegistryError::Expression {
+                    resource_type: resource_type.to_owned(),
+                    code: def.code.clone(),
+                    source,
+                })?;
+            components.push(Component {
+                code: target.code.clone(),
+                kind: target.kind,
+                position,
+                expression,
+            });
+        }
+        if components.len() == raw_components.len() && composite::supported(&components) {
+            resolved.push((n, components));
+        }
+    }
+    for (n, components) in resolved {
+        defs[n].conjunction = is_conjunction(resource_type, &defs[n], &components, defs);
+        defs[n].components = components;
+    }
+    Ok(())
+}
+
+/// Tells whether a composite's pairs are every pair of the values its two
+/// parameters index on the resource: the composite's expression is the
+/// resource itself, and each component selects what its parameter selects.
+/// A search that names both parameters then matches exactly the resources
+/// the composite matches with each pair of their values.
+fn is_conjunction(
+    resource_type: &str,
+    def: &SearchParamDef,
+    components: &[Component],
+    defs: &[SearchParamDef],
+) -> bool {
+    if def.expression.as_deref() != Some(resource_type) {
+        return false;
+    }
+    let members = |text: &str, prefix: Option<&str>, kind: SearchParamType| {
+        let mut members: Vec<String> = union_members(text)
+            .into_iter()
+            // SampledData has no value of its own, so it yields no quantity row.
+            .filter(|member| {
+                !(kind == SearchParamType::Quantity && member.ends_with(".ofType(SampledData)"))
+            })
+            .map(|member| match prefix {
+                Some(prefix) => format!("{prefix}.{member}"),
+                None => member.to_owned(),
+            })
+            // FHIRPath's `DateTime` matches FHIR's `dateTime`, and element
+            // names never differ from each other by case alone.
+            .map(|member| member.to_lowercase())
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        members
+    };
+    components.iter().all(|component| {
+        let target = &defs[component.position];
+        target.expression.as_deref().is_some_and(|own| {
+            members(own, None, target.kind)
+                == members(
+                    component.expression.source(),
+                    Some(resource_type),
+                    target.kind,
+                )
+        })
+    })
+}
+
+/// Points each composite whose expression is the union of other composites'
+/// expressions, with the same component expressions and kinds, at their
+/// pairs (`combo-code-value-quantity` at `code-value-quantity` and
+/// `component-code-value-quantity`), so the store writes each pair once.
+fn share_composite_rows(defs: &mut [SearchParamDef]) {
+    let signature = |def: &SearchParamDef| -> Vec<(String, SearchParamType)> {
+        def.components
+            .iter()
+            .map(|c| (c.expression.source().to_owned(), c.kind))
+            .collect()
+    };
+    let mut assigned = Vec::new();
+    for (n, def) in defs.iter().enumerate() {
+        if def.components.is_empty() {
+            continue;
+        }
+        let roots = union_members(def.expression.as_deref().unwrap_or_default());
+        if roots.len() < 2 {
+            continue;
+        }
+        let mut codes = Vec::new();
+        for root in &roots {
+            let covering = defs.iter().find(|other| {
+                !other.components.is_empty()
+                    && other.expression.as_deref() == Some(*root)
+                    && signature(other) == signature(def)
+            });
+            match covering {
+                Some(other) => codes.push(other.code.clone()),
+                None => break,
+            }
+        }
+        if codes.len() == roots.len() {
+            assigned.push((n, codes));
+        }
+    }
+    for (n, codes) in assigned {
+        defs[n].row_codes = codes;
     }
 }
 
@@ -453,8 +657,10 @@ fn share_union_rows(defs: &mut [SearchParamDef]) {
 /// One row of the search index.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IndexEntry {
-    /// The search parameter code.
-    pub code: &'static str,
+    /// The code the row is stored under: the search parameter's code, or
+    /// for a composite the code of one first value's pairs (see
+    /// [`composite::row_code`]).
+    pub code: Cow<'static, str>,
     pub value: IndexValue,
 }
 
@@ -524,10 +730,16 @@ pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
         .and_then(Value::as_str)
         .ok_or(ExtractError::MissingResourceType)?;
     let registry = SearchParamRegistry::r4();
+    let params = registry.params_for(resource_type);
+    let root = Expression::root_item(resource);
     let mut entries: Vec<IndexEntry> = Vec::new();
     let mut values = Vec::new();
-    for def in registry.params_for(resource_type) {
+    for def in params {
         if !def.has_own_rows() {
+            continue;
+        }
+        if def.kind == SearchParamType::Composite {
+            composite::extract(def, params, resource, &root, &mut entries)?;
             continue;
         }
         let Some(expression) = def.compiled() else {
@@ -557,7 +769,7 @@ pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
         }
         for value in values.drain(..) {
             let entry = IndexEntry {
-                code: def.code.as_str(),
+                code: Cow::Borrowed(def.code.as_str()),
                 value,
             };
             // Entries are grouped by parameter, so only this parameter's run at the end is searched.

@@ -135,9 +135,16 @@ fn registry_merges_inherited_params() {
         .map(|p| p.code.as_str())
         .collect();
     assert!(!bundle_codes.contains(&"_text"));
+    let combo = registry.get("Observation", "combo-code-value-quantity");
+    assert!(combo.is_some_and(|p| p.is_indexed() && !p.has_own_rows()));
+    assert_eq!(
+        combo.map(|p| p.row_codes().to_vec()).unwrap_or_default(),
+        ["code-value-quantity", "component-code-value-quantity"]
+    );
+    // Composites with three components are not indexed.
     assert!(
         registry
-            .get("Observation", "combo-code-value-quantity")
+            .get("MolecularSequence", "chromosome-window-coordinate")
             .is_some_and(|p| !p.is_indexed())
     );
 }
@@ -648,6 +655,8 @@ fn union_parameters_share_their_members_rows() {
         listed,
         [
             "Observation.combo-code",
+            "Observation.combo-code-value-concept",
+            "Observation.combo-code-value-quantity",
             "Observation.combo-data-absent-reason",
             "Observation.combo-value-concept",
             "Observation.combo-value-quantity",
@@ -673,7 +682,7 @@ fn shared_rows_hold_the_same_values() {
     let registry = SearchParamRegistry::r4();
     let entries = extract(&observation).expect("extract");
     for def in registry.params_for("Observation") {
-        if !def.is_indexed() || def.has_own_rows() {
+        if !def.is_indexed() || def.has_own_rows() || def.kind == SearchParamType::Composite {
             continue;
         }
         assert!(entries.iter().all(|e| e.code != def.code), "{}", def.code);
@@ -692,7 +701,7 @@ fn shared_rows_hold_the_same_values() {
             .collect();
         let shared: std::collections::BTreeSet<String> = entries
             .iter()
-            .filter(|e| def.row_codes().iter().any(|code| code == e.code))
+            .filter(|e| def.row_codes().iter().any(|code| *code == e.code))
             .map(|e| format!("{:?}", e.value))
             .collect();
         assert_eq!(own, shared, "{}", def.code);
@@ -777,6 +786,160 @@ fn typed_references_use_base_rows() {
                 .map(|e| format!("{:?}", e.value))
                 .collect();
             assert_eq!(whole, stored, "{} with subject {subject}", def.code);
+        }
+    }
+}
+
+/// Returns the forms of the first values paired under `composite`, each with
+/// the debug text of its second value.
+fn pairs_of(resource: &Value, composite: &str) -> std::collections::BTreeSet<(String, String)> {
+    let prefix = format!("{composite}$");
+    extract(resource)
+        .expect("extract")
+        .into_iter()
+        .filter_map(|entry| {
+            let form = entry.code.strip_prefix(&prefix)?.to_owned();
+            Some((form, format!("{:?}", entry.value)))
+        })
+        .collect()
+}
+
+#[test]
+fn composites_pair_values_within_each_element() {
+    let observation = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}], "text": "Blood pressure"},
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+             "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+             "valueQuantity": {"value": 80, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+        ]
+    });
+    let pairs = pairs_of(&observation, "component-code-value-quantity");
+    let forms_with = |value: &str| -> Vec<String> {
+        pairs
+            .iter()
+            .filter(|(_, v)| v.contains(&format!("value: {value},")))
+            .map(|(form, _)| form.clone())
+            .collect()
+    };
+    assert_eq!(
+        forms_with("120"),
+        ["8480-6", "http://loinc.org|", "http://loinc.org|8480-6"]
+    );
+    assert_eq!(
+        forms_with("80"),
+        ["8462-4", "http://loinc.org|", "http://loinc.org|8462-4"]
+    );
+    assert_eq!(pairs.len(), 6);
+    // The Observation has no value of its own, so its code pairs with nothing.
+    assert!(pairs_of(&observation, "code-value-quantity").is_empty());
+    // The combination reads the rows of the two, and stores none of its own.
+    assert!(pairs_of(&observation, "combo-code-value-quantity").is_empty());
+}
+
+#[test]
+fn composite_dates_and_references_pair_with_their_elements() {
+    let observation = json!({
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"code": "local-1"}]},
+        "valueDateTime": "2020-05-01"
+    });
+    let pairs = pairs_of(&observation, "code-value-date");
+    let forms: Vec<&str> = pairs.iter().map(|(form, _)| form.as_str()).collect();
+    assert_eq!(forms, ["local-1", "|local-1"]);
+    assert!(pairs.iter().all(|(_, value)| value.starts_with("Date")));
+
+    let document = json!({
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "content": [{"attachment": {"contentType": "text/plain"}}],
+        "relatesTo": [
+            {"code": "replaces", "target": {"reference": "DocumentReference/d0"}},
+            {"code": "appends", "target": {"reference": "DocumentReference/d1"}}
+        ]
+    });
+    let pairs = pairs_of(&document, "relationship");
+    let with_code = |code: &str| -> Vec<String> {
+        pairs
+            .iter()
+            .filter(|(_, value)| value.contains(&format!("\"{code}\"")))
+            .map(|(form, _)| form.clone())
+            .collect()
+    };
+    assert_eq!(with_code("replaces"), ["DocumentReference/d0", "d0"]);
+    assert_eq!(with_code("appends"), ["DocumentReference/d1", "d1"]);
+}
+
+#[test]
+fn conjunctions_pair_every_value_of_their_parameters() {
+    let registry = SearchParamRegistry::r4();
+    let conjunctions: Vec<&str> = registry
+        .params_for("Observation")
+        .iter()
+        .filter(|def| def.is_conjunction())
+        .map(|def| def.code.as_str())
+        .collect();
+    // `value-string` also indexes a CodeableConcept's text, which
+    // `code-value-string` does not pair, and the component composites pair
+    // within each component.
+    assert_eq!(
+        conjunctions,
+        [
+            "code-value-concept",
+            "code-value-date",
+            "code-value-quantity"
+        ]
+    );
+    let observations = [
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"},
+                                   {"system": "urn:local", "code": "a1c"}]},
+               "valueQuantity": {"value": 7.4, "unit": "%"}}),
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "72166-2"}]},
+               "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": "8517006"},
+                                                   {"code": "former"}], "text": "Former smoker"}}),
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"code": "onset"}]},
+               "valuePeriod": {"start": "2019-01-01", "end": "2019-02-01"}}),
+        json!({"resourceType": "Observation", "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "x"}]},
+               "valueSampledData": {"origin": {"value": 1}, "period": 1, "dimensions": 1, "data": "1 2"}}),
+    ];
+    for observation in &observations {
+        for code in &conjunctions {
+            let def = registry.get("Observation", code).expect("composite");
+            let [first, second] = def.components() else {
+                panic!("{code} has two components");
+            };
+            let mut expected = std::collections::BTreeSet::new();
+            for a in entries_for(observation, &first.code) {
+                let IndexValue::Token {
+                    system,
+                    code: Some(code),
+                    ..
+                } = a
+                else {
+                    continue;
+                };
+                for b in entries_for(observation, &second.code) {
+                    for form in [
+                        composite::token_form(Some(system.as_deref()), Some(&code)),
+                        composite::token_form(None, Some(&code)),
+                    ] {
+                        expected.insert((form, format!("{b:?}")));
+                    }
+                    if let Some(system) = &system {
+                        let form = composite::token_form(Some(Some(system)), None);
+                        expected.insert((form, format!("{b:?}")));
+                    }
+                }
+            }
+            assert_eq!(pairs_of(observation, code), expected, "{code}");
         }
     }
 }
