@@ -602,9 +602,11 @@ fn parse_composite(def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
             "composite search parameter '{code}' is not supported by this server"
         )));
     };
-    let example = match second.kind {
-        SearchParamType::Quantity => "http://loinc.org|4548-4$gt7",
-        SearchParamType::Date => "http://loinc.org|21112-8$ge2020-01-01",
+    let example = match (first.kind, second.kind) {
+        (SearchParamType::Reference, _) => "DocumentReference/d0$replaces",
+        (_, SearchParamType::Quantity) => "http://loinc.org|4548-4$gt7",
+        (_, SearchParamType::Date) => "http://loinc.org|21112-8$ge2020-01-01",
+        (_, SearchParamType::String) => "http://loinc.org|8251-1$well",
         _ => "http://loinc.org|72166-2$http://snomed.info/sct|8517006",
     };
     let parts = split_raw(value);
@@ -639,9 +641,9 @@ fn parse_composite(def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
                 code,
             ));
         };
-        let form = first_form(&parse_value(first.kind, &Modifier::None, &first.code, &a)?)
+        let form = first_form(&parse_value(first.kind, &Modifier::None, code, &a)?)
             .ok_or_else(|| invalid(format!("invalid first component '{a}' for '{code}'"), code))?;
-        values.push(parse_value(second.kind, &Modifier::None, &second.code, &b)?);
+        values.push(parse_value(second.kind, &Modifier::None, code, &b)?);
         value_codes.push(pair_codes(def, &form));
     }
     Ok(composite_filter(def, second.kind, values, value_codes))

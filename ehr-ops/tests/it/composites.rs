@@ -1,8 +1,8 @@
-//! Composite search parameters: pairs within one element, every first-value
-//! form, several values, the combination of Observation and component
-//! pairs, references as first values, searches that name both parameters of
-//! a conjunction, malformed values, and the rebuild of index rows stored
-//! under older extraction rules.
+//! Composite search parameters. The tests cover pairs within one element,
+//! every first-value form, several values, and the combination of
+//! Observation and component pairs. They also cover references as first
+//! values, searches that name both parameters of a conjunction, malformed
+//! values, and the rebuild of index rows stored under older extraction rules.
 
 use serde_json::{Value, json};
 
@@ -32,7 +32,7 @@ fn lab(system: Option<&str>, code: &str, value: f64) -> Value {
     })
 }
 
-/// Creates the Observations and documents the cases below search.
+/// Creates the Observations that the tests below search.
 async fn fixtures(server: &TestServer, tenant: &str) -> Named {
     let mut named = Named::new();
     for (name, body) in [

@@ -2,8 +2,8 @@
 //!
 //! A composite such as Observation's `code-value-quantity` matches a
 //! resource when one element of it (the Observation itself, or one of its
-//! components) has a first value matching the first half of the search value
-//! and a second value matching the second half. Its rows live in the index
+//! components) matches both halves of the search value. The element's first
+//! value matches the first half, and its second value the second. Its rows live in the index
 //! table of the second component's kind, under a row code that names the
 //! composite and the first value: `code-value-quantity$http://loinc.org|4548-4`.
 //! A search turns the first half of its value into the same row code, so the
@@ -21,10 +21,11 @@ use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-/// Most bytes of a first value's form in a row code. Row codes sit in the
+/// Maximum bytes of a first value's form in a row code. Row codes are
 /// included columns of the B-tree lookup indexes, whose entries cannot
-/// exceed about 2.7 kB beside values of up to 2 kB, so longer forms are cut
-/// at a character boundary, and searches cut theirs the same way.
+/// exceed about 2.7 kB and already carry values of up to 2 kB. Longer forms
+/// are therefore cut at a character boundary, and searches cut theirs the
+/// same way.
 // NOTE: two first values whose forms agree in their first 256 bytes share a
 // row code, so a search on one also finds pairs of the other.
 pub const MAX_FORM_BYTES: usize = 256;
