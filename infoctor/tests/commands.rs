@@ -11,6 +11,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -581,6 +582,91 @@ async fn view_run_flattens_tenant_resources() {
     let no_tenant = run(&["view", "run", "patient", "--tenant", "nobody"]);
     assert!(!no_tenant.status.success());
     assert!(String::from_utf8_lossy(&no_tenant.stderr).contains("tenant 'nobody' not found"));
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_reads_statements_from_files_and_stdin() {
+    let server = server_url();
+    let name = format!("infoctor_sqlin_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let database_url = with_database(&server, &name);
+    let db = Database::connect(&DatabaseConfig {
+        admin_url: database_url.clone(),
+        app_password: None,
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    tenants::create(&db, "sqlin").await.unwrap();
+    db.close().await;
+
+    let work = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], stdin: Option<&[u8]>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_infoctor"))
+            .args(["sql", "--tenant", "sqlin", "--format", "csv"])
+            .args(args)
+            .env("DATABASE_URL", &database_url)
+            .env("INFOCTOR_DATA_DIR", work.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).unwrap();
+        }
+        drop(input);
+        let output = child.wait_with_output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = run(&["SELECT 1 AS one"], None);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "one\n1\n");
+
+    let file = work.path().join("query.sql");
+    std::fs::write(&file, "-- a comment line\nSELECT 2 AS two\n").unwrap();
+    let (ok, stdout, stderr) = run(&["--file", file.to_str().unwrap()], None);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "two\n2\n");
+
+    let (ok, stdout, stderr) = run(&[], Some(b"SELECT 3 AS three"));
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "three\n3\n");
+    let (ok, stdout, stderr) = run(&["-f", "-"], Some(b"SELECT 4 AS four"));
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "four\n4\n");
+
+    let (ok, _, stderr) = run(&[], Some(b"  \n"));
+    assert!(!ok);
+    assert!(stderr.contains("standard input is empty"), "{stderr}");
+    let long = format!("SELECT 1 AS one -- {}", "x".repeat(300 * 1024));
+    let (ok, _, stderr) = run(&[], Some(long.as_bytes()));
+    assert!(!ok);
+    assert!(stderr.contains("longer than 262144 bytes"), "{stderr}");
+    let (ok, _, stderr) = run(&["--file", "/nonexistent/query.sql"], None);
+    assert!(!ok);
+    assert!(stderr.contains("/nonexistent/query.sql"), "{stderr}");
+    let (ok, _, stderr) = run(&["--file", file.to_str().unwrap(), "SELECT 5"], None);
+    assert!(!ok);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE \"{name}\" WITH (FORCE)"
