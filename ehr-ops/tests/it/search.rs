@@ -379,13 +379,21 @@ async fn searches_use_the_key_indexes() {
             "idx_date_resource",
             "resource_key =",
         ),
-        // A code with a value is one range of the code's pairs.
+        // A code with a value is one range of the code's pairs, bounded
+        // by the value as well as the key.
         (
             "Observation",
             "code",
             "http://loinc.org|4548-4&value-quantity=gt7",
             "idx_quantity_lookup",
-            "param_key =",
+            "value >",
+        ),
+        (
+            "Observation",
+            "value-quantity",
+            "le3.5",
+            "idx_quantity_lookup",
+            "value <=",
         ),
     ];
     for (resource_type, code, value, index, key) in cases {
