@@ -422,10 +422,14 @@ pub async fn tenant_session(
         .with_default_features()
         .with_physical_optimizer_rule(Arc::new(compact::CompactAggregateOutput))
         .build();
-    let ctx = SessionContext::new_with_state(state);
+    let mut ctx = SessionContext::new_with_state(state);
     for name in UNBOUNDED_FUNCTIONS {
         ctx.deregister_udf(name);
     }
+    // `json_get_str(resource, 'code', 'coding', 0, 'code')` and the `->`
+    // and `->>` operators read fields of the resource JSON.
+    datafusion_functions_json::register_all(&mut ctx)
+        .map_err(|err| QueryError::Lakehouse(err.to_string()))?;
     let lakehouse_error = |err: &dyn std::fmt::Display| QueryError::Lakehouse(err.to_string());
 
     match BronzeTable::open(lake, tenant)

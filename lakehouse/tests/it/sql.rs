@@ -628,3 +628,66 @@ async fn empty_table_output_keeps_header() {
     let table = String::from_utf8(render(&empty, OutputFormat::Table).unwrap()).unwrap();
     assert!(table.contains("| id |"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_functions_read_resource_fields() {
+    let (_dir, lake) = lake();
+    let mut table = BronzeTable::open_or_create(&lake, "alpha").await.unwrap();
+    let mut patient = record("Patient", "p1", 1, Operation::Create, 10);
+    patient.resource = Some(
+        serde_json::json!({
+            "resourceType": "Patient", "id": "p1", "gender": "female",
+            "name": [{"family": "Ng", "given": ["Ada", "B"]}, {"family": "Old"}]
+        })
+        .to_string(),
+    );
+    let mut observation = record("Observation", "o1", 1, Operation::Create, 10);
+    observation.resource = Some(
+        serde_json::json!({
+            "resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+            "valueQuantity": {"value": 7.25, "unit": "%"}
+        })
+        .to_string(),
+    );
+    table
+        .write(&[patient, observation], Some(10), SaveMode::Append)
+        .await
+        .unwrap();
+    let queries = service(&lake, QueryLimits::default());
+    let cases = [
+        (
+            "SELECT json_get_str(resource, 'gender') FROM resources_current WHERE resource_type = 'Patient'",
+            "female",
+        ),
+        (
+            "SELECT resource->>'gender' FROM resources_current WHERE resource_type = 'Patient'",
+            "female",
+        ),
+        (
+            "SELECT json_get_str(resource, 'name', 0, 'given', 1) FROM resources_current WHERE id = 'p1'",
+            "B",
+        ),
+        (
+            "SELECT json_length(resource, 'name') FROM resources_current WHERE id = 'p1'",
+            "2",
+        ),
+        (
+            "SELECT json_get_str(resource, 'code', 'coding', 0, 'code') FROM resources_current WHERE id = 'o1'",
+            "4548-4",
+        ),
+        (
+            "SELECT json_get_float(resource, 'valueQuantity', 'value') * 2 FROM resources_current WHERE id = 'o1'",
+            "14.5",
+        ),
+        // A missing path reads as NULL rather than failing the query.
+        (
+            "SELECT coalesce(json_get_str(resource, 'deceasedDateTime'), 'none') FROM resources_current WHERE id = 'p1'",
+            "none",
+        ),
+    ];
+    for (query, expected) in cases {
+        let result = queries.query("alpha", query).await.unwrap();
+        assert_eq!(column_strings(&result, 0), [expected], "{query}");
+    }
+}
