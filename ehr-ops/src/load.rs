@@ -437,7 +437,7 @@ pub async fn load(
 /// next load tries again, so it is logged rather than returned. Writers that
 /// change the same index rows at the same time can make PostgreSQL cancel
 /// the statement as a deadlock, which is retried.
-async fn resolve_references(db: &Database, tenant: &str) -> u64 {
+pub(crate) async fn resolve_references(db: &Database, tenant: &str) -> u64 {
     const ATTEMPTS: u32 = 3;
     for attempt in 1..=ATTEMPTS {
         let result = async {

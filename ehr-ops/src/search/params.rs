@@ -484,6 +484,14 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         Some((code, modifier)) => (code, Some(modifier)),
         None => (name, None),
     };
+    if modifier_text == Some("") {
+        return Err(invalid(
+            format!(
+                "search parameter '{name}' has an empty modifier; remove the ':' or name a modifier"
+            ),
+            code,
+        ));
+    }
     let kind = param_kind(resource_type, code)?;
     if kind == SearchParamType::Composite {
         let def = registry_param(resource_type, code)?;
@@ -628,13 +636,15 @@ fn parse_composite(def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
     let mut values = Vec::with_capacity(parts.len());
     let mut value_codes = Vec::with_capacity(parts.len());
     for part in parts {
-        let halves =
-            split_dollar(&part).map(|(a, b)| (split_values(a).pop(), split_values(b).pop()));
+        // Two components mean one separator; a `$` inside a value is escaped.
+        let halves = split_dollar(&part)
+            .filter(|(_, b)| split_dollar(b).is_none())
+            .map(|(a, b)| (split_values(a).pop(), split_values(b).pop()));
         let (Some(a), Some(b)) = halves.unwrap_or_default() else {
             return Err(invalid(
                 format!(
                     "invalid value '{part}' for composite parameter '{code}': give both components \
-                     as {first}${second}, e.g. {code}={example}",
+                     as {first}${second}, escaping any '$' inside them as '\\$', e.g. {code}={example}",
                     first = first.code,
                     second = second.code
                 ),
@@ -727,10 +737,13 @@ fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filte
         if filters[a].values.len() * filters[b].values.len() > MAX_VALUES {
             continue;
         }
+        // A form longer than a row code keeps is cut there, and the pairs
+        // would then match codes the token filter tells apart.
         let Some(forms) = filters[a]
             .values
             .iter()
             .map(first_form)
+            .map(|form| form.filter(|form| form.len() <= composite::MAX_FORM_BYTES))
             .collect::<Option<Vec<String>>>()
         else {
             continue;

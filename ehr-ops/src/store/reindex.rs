@@ -40,16 +40,25 @@ pub struct ReindexReport {
     /// Resources whose stored version no longer extracts; their rows are
     /// left as they were.
     pub failed: u64,
+    /// Whether any resource's reference rows were rewritten.
+    pub references_rewritten: bool,
 }
 
 /// Brings every tenant behind [`INDEX_RULES`] up to it. Other processes
 /// that call this on the same database wait for the first to finish.
 pub async fn reindex_stale_tenants(db: &Database) -> Result<ReindexReport, sqlx::Error> {
     let mut lock = db.admin_pool().acquire().await?;
-    sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
         .bind(LOCK_KEY)
-        .execute(&mut *lock)
+        .fetch_one(&mut *lock)
         .await?;
+    if !locked {
+        tracing::info!("waiting for another process to finish rebuilding index rows");
+        sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+            .bind(LOCK_KEY)
+            .execute(&mut *lock)
+            .await?;
+    }
     let result = reindex_locked(db).await;
     let unlocked = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
         .bind(LOCK_KEY)
@@ -77,6 +86,11 @@ async fn reindex_locked(db: &Database) -> Result<ReindexReport, sqlx::Error> {
             "rebuilding index rows under newer extraction rules"
         );
         let tenant_report = reindex_tenant(db, &tenant).await?;
+        if tenant_report.references_rewritten {
+            // Rewritten reference rows are back in the form the resource
+            // writes them, so the conditional ones among them resolve again.
+            crate::load::resolve_references(db, &tenant).await;
+        }
         sqlx::query("UPDATE tenants SET index_rules = $1 WHERE tenant = $2")
             .bind(INDEX_RULES)
             .bind(&tenant)
@@ -93,6 +107,7 @@ async fn reindex_locked(db: &Database) -> Result<ReindexReport, sqlx::Error> {
         report.checked += tenant_report.checked;
         report.rewritten += tenant_report.rewritten;
         report.failed += tenant_report.failed;
+        report.references_rewritten |= tenant_report.references_rewritten;
     }
     Ok(report)
 }
@@ -130,6 +145,7 @@ async fn reindex_tenant(db: &Database, tenant: &str) -> Result<ReindexReport, sq
         let batch = rebuild_batch(conn, tenant, &rows).await?;
         report.rewritten += batch.rewritten;
         report.failed += batch.failed;
+        report.references_rewritten |= batch.references_rewritten;
         tx.commit().await?;
     }
 }
@@ -186,6 +202,10 @@ async fn rebuild_batch(
         });
     }
     report.rewritten = changed.len() as u64;
+    let references = index::INDEX_TABLES
+        .iter()
+        .position(|table| *table == "idx_reference")
+        .unwrap_or(usize::MAX);
 
     // Each type's resources have the union of their tables cleared in one
     // statement per table, so each gets back its rows in every table of
@@ -201,6 +221,10 @@ async fn rebuild_batch(
         let cleared = resources
             .iter()
             .fold(TableSet::NONE, |set, resource| set.union(resource.clear));
+        report.references_rewritten |= cleared.contains(references)
+            || resources
+                .iter()
+                .any(|resource| resource.insert.contains(references));
         let ids: Vec<String> = resources.iter().map(|r| r.id.clone()).collect();
         index::clear(conn, resource_type, &ids, cleared).await?;
         let inserts: Vec<(

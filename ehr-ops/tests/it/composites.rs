@@ -380,6 +380,23 @@ async fn malformed_composite_searches_are_refused() {
             assert_eq!(issue_code(&outcome), "invalid", "{name}={value}: {outcome}");
         }
     }
+    // A second unescaped `$` makes three components.
+    let (status, outcome) = search(
+        &server,
+        &tenant,
+        "Observation",
+        &[("code-value-concept", "a$b$c")],
+    )
+    .await;
+    assert_eq!(status, 400, "{outcome}");
+    let (status, outcome) = search(
+        &server,
+        &tenant,
+        "Observation",
+        &[("code-value-quantity:", "a$gt1")],
+    )
+    .await;
+    assert_eq!(status, 400, "{outcome}");
     // An escaped `$` belongs to the value.
     let ids = match_ids(
         &server,
@@ -550,4 +567,101 @@ async fn missing_composites_split_resources() {
     )
     .await;
     assert_eq!(status, 400, "{outcome}");
+}
+
+#[tokio::test]
+async fn long_codes_with_values_match_whole_codes() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let mut named = Named::new();
+    let long = |last: char| format!("{}{last}", "a".repeat(300));
+    named
+        .add(
+            &server,
+            &tenant,
+            "long-1",
+            lab(Some("http://x.org"), &long('1'), 5.0),
+        )
+        .await;
+    named
+        .add(
+            &server,
+            &tenant,
+            "long-2",
+            lab(Some("http://x.org"), &long('2'), 5.0),
+        )
+        .await;
+    let code = format!("http://x.org|{}", long('1'));
+    named
+        .assert_search(
+            &server,
+            &tenant,
+            "Observation",
+            &[("code", &code), ("value-quantity", "gt1")],
+            &["long-1"],
+        )
+        .await;
+    // The composite itself compares the first 256 bytes, as documented.
+    named
+        .assert_search(
+            &server,
+            &tenant,
+            "Observation",
+            &[("code-value-quantity", &format!("{code}$gt1"))],
+            &["long-1", "long-2"],
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn rebuild_keeps_conditional_references_resolved() {
+    use infoctor_ehr_ops::load::{LoadOptions, NoProgress, load};
+    use infoctor_ehr_ops::store::reindex;
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let folder = tempfile::tempdir().expect("temp dir");
+    let lines = [
+        json!({"resourceType": "Practitioner", "id": "pr1",
+               "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "999"}],
+               "name": [{"family": "Osler"}]}),
+        json!({"resourceType": "Observation", "id": "o1", "status": "final",
+               "code": coded(Some(LOINC), "4548-4"),
+               "performer": [{"reference": "Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|999"}],
+               "valueQuantity": {"value": 7.4, "unit": "%"}}),
+    ];
+    let text: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    std::fs::write(folder.path().join("data.ndjson"), text).expect("write file");
+    load(
+        &server.db,
+        &tenant,
+        &[folder.path().to_path_buf()],
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("load");
+    let by_performer = [("performer:Practitioner.name", "osler")];
+    assert_eq!(
+        match_ids(&server, &tenant, "Observation", &by_performer).await,
+        ["o1"]
+    );
+
+    // Unknown digests make the rebuild rewrite every table of each resource.
+    sqlx::query("UPDATE resources SET index_digests = NULL WHERE tenant = $1")
+        .bind(&tenant)
+        .execute(server.db.admin_pool())
+        .await
+        .expect("forget digests");
+    sqlx::query("UPDATE tenants SET index_rules = 0 WHERE tenant = $1")
+        .bind(&tenant)
+        .execute(server.db.admin_pool())
+        .await
+        .expect("old rules");
+    reindex::reindex_stale_tenants(&server.db)
+        .await
+        .expect("rebuild");
+    assert_eq!(
+        match_ids(&server, &tenant, "Observation", &by_performer).await,
+        ["o1"]
+    );
 }
