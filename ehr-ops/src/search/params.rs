@@ -197,7 +197,7 @@ pub struct Filter {
     /// rows with that type contain this parameter's relative references.
     pub typed_base: Option<(String, String)>,
     /// For a composite: per value, the row codes of the pairs whose first
-    /// value the value's first half names. `values` then holds the second
+    /// value the value's first half names. `values` then contains the second
     /// halves, and `row_codes` every code named here. Empty otherwise.
     pub value_codes: Vec<Vec<String>>,
 }
@@ -578,8 +578,8 @@ fn parse_missing(name: &str, value: &str) -> FhirResult<bool> {
 }
 
 /// Parses `:missing` on a composite: whether the resource has no pair of it.
-/// Its row codes end with the separator, which stands for every pair of
-/// that composite (see `sql::push_code_match`).
+/// Its row codes end with the separator, which matches every pair of that
+/// composite (see `sql::push_code_match`).
 fn composite_missing(def: &SearchParamDef, name: &str, value: &str) -> FhirResult<Filter> {
     let missing = parse_missing(name, value)?;
     let kind = def
@@ -600,9 +600,9 @@ fn composite_missing(def: &SearchParamDef, name: &str, value: &str) -> FhirResul
 }
 
 /// Parses the values of a composite parameter, each `first$second` with
-/// `\$` for a literal `$`. The first half names a token or a reference and
-/// selects the row codes of the pairs; the second is parsed as a value of
-/// the second component's kind.
+/// `\$` for a literal `$`. The first half names a token or a reference, which
+/// selects the row codes of the pairs. The second half is parsed as a value
+/// of the second component's kind.
 fn parse_composite(def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
     let code = def.code.as_str();
     let [first, second] = def.components() else {
@@ -710,7 +710,7 @@ fn pair_codes(def: &SearchParamDef, form: &str) -> Vec<String> {
         .collect()
 }
 
-/// Answers a search that names both parameters of a composite whose pairs
+/// Rewrites a search that names both parameters of a composite whose pairs
 /// are all pairs of their values (see `SearchParamDef::is_conjunction`) from
 /// the pairs: `code=X&value-quantity=gt7` becomes one lookup of the pairs
 /// under X with a value above 7, where the two filters apart would check
@@ -738,7 +738,7 @@ fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filte
             continue;
         }
         // A form longer than a row code keeps is cut there, and the pairs
-        // would then match codes the token filter tells apart.
+        // would then match codes that the token filter distinguishes.
         let Some(forms) = filters[a]
             .values
             .iter()

@@ -144,7 +144,7 @@ fn is_plain_date(filter: &Filter) -> bool {
         && filter.modifier == Modifier::None
 }
 
-/// Pushes the filter's values joined with OR. A composite's value holds for
+/// Pushes the filter's values joined with OR. A composite's value applies to
 /// the pairs under its own row codes only.
 fn push_alternatives(qb: &mut QueryBuilder<Postgres>, filter: &Filter) {
     for (n, value) in filter.values.iter().enumerate() {
@@ -235,7 +235,7 @@ fn push_param_key(qb: &mut QueryBuilder<Postgres>, resource_type: &str, filter: 
 /// filter's parameter: rows under its row codes, and for a parameter with a
 /// typed base, the base parameter's rows that point to that type.
 fn push_code_match(qb: &mut QueryBuilder<Postgres>, filter: &Filter) {
-    // A composite's code followed by the separator alone stands for all its
+    // A composite's code followed by the separator alone matches all its
     // pairs, whatever their first value (`:missing` on a composite).
     let separator = infoctor_fhir::search::composite::SEPARATOR;
     if !filter.row_codes.is_empty()
