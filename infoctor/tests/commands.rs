@@ -457,10 +457,15 @@ fn view_conformance_reports_failures() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn view_run_flattens_tenant_resources() {
+/// Creates an empty database on the test server and opens Infoctor's pools
+/// on it. Returns the server connection that drops it, its name and URL,
+/// and the pools.
+async fn scratch_database(
+    prefix: &str,
+    max_connections: u32,
+) -> (sqlx::PgConnection, String, String, Database) {
     let server = server_url();
-    let name = format!("infoctor_lh_{}", uuid::Uuid::new_v4().simple());
+    let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&server)
         .await
         .expect("connect to the test PostgreSQL");
@@ -472,10 +477,16 @@ async fn view_run_flattens_tenant_resources() {
     let db = Database::connect(&DatabaseConfig {
         admin_url: database_url.clone(),
         app_password: None,
-        max_connections: 4,
+        max_connections,
     })
     .await
     .unwrap();
+    (admin, name, database_url, db)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_run_flattens_tenant_resources() {
+    let (mut admin, name, database_url, db) = scratch_database("infoctor_lh", 4).await;
     tenants::create(&db, "views").await.unwrap();
     let sample = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sample-data"));
     load::load(
@@ -593,23 +604,7 @@ async fn view_run_flattens_tenant_resources() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sql_reads_statements_from_files_and_stdin() {
-    let server = server_url();
-    let name = format!("infoctor_sqlin_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&server)
-        .await
-        .expect("connect to the test PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let database_url = with_database(&server, &name);
-    let db = Database::connect(&DatabaseConfig {
-        admin_url: database_url.clone(),
-        app_password: None,
-        max_connections: 2,
-    })
-    .await
-    .unwrap();
+    let (mut admin, name, database_url, db) = scratch_database("infoctor_sqlin", 2).await;
     tenants::create(&db, "sqlin").await.unwrap();
     db.close().await;
 

@@ -1,10 +1,11 @@
 //! `capabilities`: the CapabilityStatement, generated from what the code
 //! supports so it cannot drift from it.
 //!
-//! Special search parameters, composites of more than two components or
-//! whose first component is neither a token nor a reference, `_summary`
-//! modes other than `count` and `false`, chains deeper than one level and
-//! wildcard includes are not implemented and are therefore not listed.
+//! Some features are not implemented and are therefore not listed: special
+//! search parameters, and composites of more than two components or whose
+//! first component is neither a token nor a reference. The same holds for
+//! `_summary` modes other than `count` and `false`, chains deeper than one
+//! level, and wildcard includes.
 
 use http::StatusCode;
 use infoctor_fhir::model::Model;

@@ -710,12 +710,12 @@ fn pair_codes(def: &SearchParamDef, form: &str) -> Vec<String> {
         .collect()
 }
 
-/// Rewrites a search that names both parameters of a composite whose pairs
-/// are all pairs of their values (see `SearchParamDef::is_conjunction`) from
-/// the pairs: `code=X&value-quantity=gt7` becomes one lookup of the pairs
-/// under X with a value above 7, where the two filters apart would check
-/// the value of every resource with code X. The two filters match exactly
-/// the resources the pairs match, so the results do not change.
+/// Replaces the two filters of a composite's parameters with one filter on
+/// its pairs, where the pairs are all pairs of their values (see
+/// `SearchParamDef::is_conjunction`). `code=X&value-quantity=gt7` becomes one
+/// lookup of the pairs under X with a value above 7. Apart, the two filters
+/// would check the value of every resource with code X. Both forms match
+/// the same resources, so the results do not change.
 fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filter> {
     let plain = |filter: &Filter, code: &str| {
         filter.code == code

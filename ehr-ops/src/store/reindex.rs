@@ -28,7 +28,7 @@ const BATCH: i64 = 500;
 /// Serializes rebuilds of processes that open pools on one database at once.
 const LOCK_KEY: &str = "infoctor.index_rules";
 
-/// What a rebuild did.
+/// Counts of one rebuild.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReindexReport {
     /// Tenants brought to [`INDEX_RULES`].

@@ -182,7 +182,7 @@ async fn composites_match_pairs_in_every_form() {
 }
 
 #[tokio::test]
-async fn searches_naming_both_parameters_match_the_same_resources() {
+async fn code_and_value_filters_match_pairs() {
     let server = server().await;
     let tenant = server.tenant().await;
     let named = fixtures(&server, &tenant).await;
@@ -288,6 +288,7 @@ async fn parsed_conjunctions_become_one_pair_filter() {
         request.filters[1].value_codes,
         [["code-value-quantity$http://loinc.org|4548-4"]]
     );
+
     // value-string also matches a CodeableConcept's text, which the
     // composite does not pair, so those two filters stay apart.
     let request = params::parse(
@@ -356,7 +357,7 @@ async fn references_pair_with_their_relation() {
 }
 
 #[tokio::test]
-async fn malformed_composite_searches_are_refused() {
+async fn malformed_composite_searches_are_rejected() {
     let server = server().await;
     let tenant = server.tenant().await;
     let cases: &[(&str, &str, u16)] = &[
@@ -365,6 +366,9 @@ async fn malformed_composite_searches_are_refused() {
         ("code-value-quantity", "4548-4$", 400),
         ("code-value-quantity", "4548-4$high", 400),
         ("code-value-date", "4548-4$2020-13-45", 400),
+        // A second unescaped `$` would make three components.
+        ("code-value-concept", "a$b$c", 400),
+        ("code-value-quantity:", "a$gt1", 400),
         ("code-value-quantity:exact", "4548-4$7", 501),
         ("chromosome-window-coordinate", "1$2$3", 501),
     ];
@@ -380,23 +384,7 @@ async fn malformed_composite_searches_are_refused() {
             assert_eq!(issue_code(&outcome), "invalid", "{name}={value}: {outcome}");
         }
     }
-    // A second unescaped `$` makes three components.
-    let (status, outcome) = search(
-        &server,
-        &tenant,
-        "Observation",
-        &[("code-value-concept", "a$b$c")],
-    )
-    .await;
-    assert_eq!(status, 400, "{outcome}");
-    let (status, outcome) = search(
-        &server,
-        &tenant,
-        "Observation",
-        &[("code-value-quantity:", "a$gt1")],
-    )
-    .await;
-    assert_eq!(status, 400, "{outcome}");
+
     // An escaped `$` belongs to the value.
     let ids = match_ids(
         &server,
@@ -425,7 +413,7 @@ async fn pair_rows(server: &TestServer, tenant: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn rows_of_older_rules_are_rebuilt_when_pools_open() {
+async fn rebuild_restores_pairs_of_older_rules() {
     use infoctor_ehr_ops::store::{index, reindex};
     let server = server().await;
     let tenant = server.tenant().await;
@@ -548,6 +536,7 @@ async fn missing_composites_split_resources() {
             &others,
         )
         .await;
+
     let mut combo: Vec<&str> = quantities.to_vec();
     combo.push("bp-120-80");
     named
@@ -559,6 +548,7 @@ async fn missing_composites_split_resources() {
             &combo,
         )
         .await;
+
     let (status, outcome) = search(
         &server,
         &tenant,

@@ -10,10 +10,10 @@
 //! pair is found by one lookup of the second component's index, bounded by
 //! the key of that code.
 //!
-//! A first value has one row code per form a search may name it by: a
-//! Coding is written as `system|code`, `code` (any system) and `system|`
-//! (any code of the system), a code without a system as `|code` and `code`,
-//! and a relative reference as `Type/id` and `id`.
+//! A first value has one row code for each form a search may name it by. A
+//! Coding has three: `system|code`, `code` (any system) and `system|` (any
+//! code of the system). A code without a system has `|code` and `code`, and
+//! a relative reference has `Type/id` and `id`.
 
 use super::{ExtractError, IndexEntry, IndexValue, SearchParamDef, SearchParamType, convert};
 use crate::fhirpath::{Expression, Item, Variables};

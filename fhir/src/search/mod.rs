@@ -140,7 +140,7 @@ impl SearchParamDef {
     /// Returns true for an indexed composite whose pairs are every pair of
     /// the values its two parameters index on a resource (Observation's
     /// `code-value-quantity`, whose expression is the Observation itself).
-    /// A search naming both parameters can then be answered from its pairs.
+    /// A search naming both parameters can then be served from its pairs.
     pub fn is_conjunction(&self) -> bool {
         self.conjunction
     }
