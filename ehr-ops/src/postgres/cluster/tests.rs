@@ -129,6 +129,8 @@ async fn start_creates_logical_cluster() {
     assert_eq!(query_text(&url, "SHOW max_slot_wal_keep_size").await, "4GB");
     assert_eq!(query_text(&url, "SHOW shared_buffers").await, "256MB");
     assert_eq!(query_text(&url, "SHOW fsync").await, "on");
+    assert_eq!(query_text(&url, "SHOW data_checksums").await, "on");
+    assert_eq!(query_text(&url, "SHOW wal_init_zero").await, "off");
     assert_eq!(
         query_text(&url, "SHOW unix_socket_permissions").await,
         "0700"
