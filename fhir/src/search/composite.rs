@@ -147,8 +147,45 @@ pub(super) fn supported(components: &[Component]) -> bool {
 
 /// Appends the pairs of one composite parameter of `resource` to `entries`,
 /// once each. `params` is the parameter list of the resource's type, which
-/// the components' positions point into.
+/// the components' positions point into, and `computed` contains the
+/// entries already extracted for each of those parameters.
 pub(super) fn extract(
+    def: &SearchParamDef,
+    params: &[SearchParamDef],
+    resource: &Value,
+    root: &Item<'_>,
+    computed: &[Vec<IndexEntry>],
+    entries: &mut Vec<IndexEntry>,
+) -> Result<(), ExtractError> {
+    let (Some(_), [first, second]) = (def.compiled(), def.components.as_slice()) else {
+        return Ok(());
+    };
+    // A conjunction's pairs are every pair of its two parameters' values.
+    // Their own entries already contain those values, so nothing is
+    // evaluated again.
+    let from_rows = |component: &Component| {
+        let param = &params[component.position];
+        (param.has_own_rows() && param.typed_base.is_none())
+            .then(|| computed.get(component.position))
+            .flatten()
+    };
+    if def.is_conjunction()
+        && let (Some(firsts), Some(seconds)) = (from_rows(first), from_rows(second))
+    {
+        let forms: Vec<String> = firsts
+            .iter()
+            .flat_map(|entry| forms(&entry.value))
+            .collect();
+        let seconds = seconds.iter().map(|entry| &entry.value);
+        push_pairs(&def.code, &forms, seconds, &mut HashSet::new(), entries);
+        return Ok(());
+    }
+    evaluate_pairs(def, params, resource, root, entries)
+}
+
+/// Appends the pairs of one composite parameter of `resource` to `entries`
+/// by evaluating its expression and its components' expressions.
+pub(super) fn evaluate_pairs(
     def: &SearchParamDef,
     params: &[SearchParamDef],
     resource: &Value,
@@ -187,19 +224,31 @@ pub(super) fn extract(
         {
             convert::convert(&params[second.position], &item, &mut seconds)?;
         }
-        for form in &forms {
-            let code = row_code(&def.code, form);
-            for value in &seconds {
-                if seen.insert((code.clone(), value.clone())) {
-                    entries.push(IndexEntry {
-                        code: Cow::Owned(code.clone()),
-                        value: value.clone(),
-                    });
-                }
+        push_pairs(&def.code, &forms, seconds.iter(), &mut seen, entries);
+    }
+    Ok(())
+}
+
+/// Appends the pair of each form with each second value under the
+/// composite `code`, skipping pairs in `seen`.
+fn push_pairs<'a>(
+    code: &str,
+    forms: &[String],
+    seconds: impl Iterator<Item = &'a IndexValue> + Clone,
+    seen: &mut HashSet<(String, IndexValue)>,
+    entries: &mut Vec<IndexEntry>,
+) {
+    for form in forms {
+        let code = row_code(code, form);
+        for value in seconds.clone() {
+            if seen.insert((code.clone(), value.clone())) {
+                entries.push(IndexEntry {
+                    code: Cow::Owned(code.clone()),
+                    value: value.clone(),
+                });
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -732,14 +732,14 @@ pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
     let registry = SearchParamRegistry::r4();
     let params = registry.params_for(resource_type);
     let root = Expression::root_item(resource);
-    let mut entries: Vec<IndexEntry> = Vec::new();
+    // Each parameter's entries, by position. Composites come second, so a
+    // conjunction can pair the values its two parameters have already
+    // produced. The result keeps parameter order either way.
+    let mut own: Vec<Vec<IndexEntry>> = Vec::new();
+    own.resize_with(params.len(), Vec::new);
     let mut values = Vec::new();
-    for def in params {
-        if !def.has_own_rows() {
-            continue;
-        }
-        if def.kind == SearchParamType::Composite {
-            composite::extract(def, params, resource, &root, &mut entries)?;
+    for (def, rows) in params.iter().zip(own.iter_mut()) {
+        if !def.has_own_rows() || def.kind == SearchParamType::Composite {
             continue;
         }
         let Some(expression) = def.compiled() else {
@@ -768,20 +768,24 @@ pub fn extract(resource: &Value) -> Result<Vec<IndexEntry>, ExtractError> {
             });
         }
         for value in values.drain(..) {
-            let entry = IndexEntry {
-                code: Cow::Borrowed(def.code.as_str()),
-                value,
-            };
-            // Entries are grouped by parameter, so only this parameter's run at the end is searched.
-            let duplicate = entries
-                .iter()
-                .rev()
-                .take_while(|e| e.code == entry.code)
-                .any(|e| *e == entry);
-            if !duplicate {
-                entries.push(entry);
+            if !rows.iter().any(|row| row.value == value) {
+                rows.push(IndexEntry {
+                    code: Cow::Borrowed(def.code.as_str()),
+                    value,
+                });
             }
         }
+    }
+    for (n, def) in params.iter().enumerate() {
+        if def.has_own_rows() && def.kind == SearchParamType::Composite {
+            let mut pairs = Vec::new();
+            composite::extract(def, params, resource, &root, &own, &mut pairs)?;
+            own[n] = pairs;
+        }
+    }
+    let mut entries = Vec::with_capacity(own.iter().map(Vec::len).sum());
+    for rows in own {
+        entries.extend(rows);
     }
     Ok(entries)
 }
