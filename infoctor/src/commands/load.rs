@@ -20,7 +20,7 @@ pub struct LoadArgs {
     /// Resources read per batch. Each batch is written by three concurrent
     /// database transactions, each with the batch's resources of a third of
     /// the keys.
-    #[arg(long, env = "INFOCTOR_LOAD_BATCH_SIZE", default_value_t = 1000,
+    #[arg(long, env = "INFOCTOR_LOAD_BATCH_SIZE", default_value_t = load::DEFAULT_BATCH_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
     /// Skip invalid resources (logged and counted) instead of stopping at the first.
