@@ -17,9 +17,10 @@ pub struct LoadArgs {
     /// Tenant to load into.
     #[arg(long, env = "INFOCTOR_TENANT")]
     pub tenant: String,
-    /// Resources read per batch. Each batch is written by three concurrent
-    /// database transactions, each with the batch's resources of a third of
-    /// the keys.
+    /// Resources read per batch, 1 to 100000. Each batch is written by three
+    /// concurrent database transactions, each with the batch's resources of
+    /// a third of the keys. Larger batches load faster and take more memory:
+    /// a few batches are in memory at once.
     #[arg(long, env = "INFOCTOR_LOAD_BATCH_SIZE", default_value_t = load::DEFAULT_BATCH_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_size: u32,
