@@ -119,8 +119,8 @@ impl From<sqlx::Error> for LoadError {
 /// writers' transactions then contains about 2,000 resources. Batches of
 /// 1,000 loaded the 400-patient set about a tenth slower, because every
 /// transaction runs the same ten or so statements, whatever its size.
-/// The price is memory: a load holds several batches at once, and the
-/// benchmark process peaked at about 480 MB against 180 MB with 1,000.
+/// The cost is memory, because several batches are in memory at once. The
+/// benchmark process peaked at about 480 MB, against 180 MB with 1,000.
 pub const DEFAULT_BATCH_SIZE: usize = 6000;
 
 /// Settings of a load.

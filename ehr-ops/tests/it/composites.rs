@@ -565,22 +565,12 @@ async fn long_codes_with_values_match_whole_codes() {
     let tenant = server.tenant().await;
     let mut named = Named::new();
     let long = |last: char| format!("{}{last}", "a".repeat(300));
-    named
-        .add(
-            &server,
-            &tenant,
-            "long-1",
-            lab(Some("http://x.org"), &long('1'), 5.0),
-        )
-        .await;
-    named
-        .add(
-            &server,
-            &tenant,
-            "long-2",
-            lab(Some("http://x.org"), &long('2'), 5.0),
-        )
-        .await;
+    for last in ['1', '2'] {
+        let observation = lab(Some("http://x.org"), &long(last), 5.0);
+        named
+            .add(&server, &tenant, &format!("long-{last}"), observation)
+            .await;
+    }
     let code = format!("http://x.org|{}", long('1'));
     named
         .assert_search(

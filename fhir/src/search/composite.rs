@@ -165,9 +165,11 @@ pub(super) fn extract(
     // evaluated again.
     let from_rows = |component: &Component| {
         let param = &params[component.position];
-        (param.has_own_rows() && param.typed_base.is_none())
-            .then(|| computed.get(component.position))
-            .flatten()
+        if param.has_own_rows() && param.typed_base.is_none() {
+            computed.get(component.position)
+        } else {
+            None
+        }
     };
     if def.is_conjunction()
         && let (Some(firsts), Some(seconds)) = (from_rows(first), from_rows(second))
