@@ -596,7 +596,7 @@ async fn write_once(
     )
     .execute(&mut *tx)
     .await?;
-    let per_type = write_grouped(&mut tx, batch).await?;
+    let per_type = write_grouped(&mut tx, tenant, batch).await?;
     tx.commit().await?;
     Ok(per_type)
 }
@@ -613,6 +613,7 @@ fn is_transient(err: &LoadError) -> bool {
 /// Writes a batch, keeping per-type counts.
 async fn write_grouped(
     conn: &mut sqlx::PgConnection,
+    tenant: &str,
     batch: &[PreparedResource],
 ) -> Result<BTreeMap<String, bulk::BatchCounts>, LoadError> {
     let mut groups: BTreeMap<&str, Vec<&PreparedResource>> = BTreeMap::new();
@@ -624,7 +625,7 @@ async fn write_grouped(
     }
     let mut counts = BTreeMap::new();
     for (resource_type, group) in groups {
-        let result = bulk::write_batch(conn, &group).await?;
+        let result = bulk::write_batch(conn, tenant, &group).await?;
         counts.insert(resource_type.to_owned(), result);
     }
     Ok(counts)

@@ -59,7 +59,14 @@ pub async fn create_with_id(
     preference: ReturnPreference,
 ) -> FhirResult<FhirResponse> {
     let prepared = store::prepare(resource_type, id, resource)?;
-    let outcome = store::write(conn, prepared, WriteMode::Create, None).await?;
+    let outcome = store::write(
+        conn,
+        &call.context.tenant,
+        prepared,
+        WriteMode::Create,
+        None,
+    )
+    .await?;
     tracing::debug!(
         request_id = %call.context.request_id,
         tenant = %call.context.tenant,

@@ -48,7 +48,14 @@ pub async fn patch(
     }
     let expected = if_match.unwrap_or(current.version_id);
     let prepared = store::prepare(resource_type, id, resource)?;
-    let outcome = store::write(conn, prepared, WriteMode::Upsert, Some(expected)).await?;
+    let outcome = store::write(
+        conn,
+        &call.context.tenant,
+        prepared,
+        WriteMode::Upsert,
+        Some(expected),
+    )
+    .await?;
     Ok(preference.apply(
         FhirResponse::stored(StatusCode::OK, outcome.stored, Some(&call.base)),
         "resource patched",

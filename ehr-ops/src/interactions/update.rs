@@ -40,7 +40,14 @@ pub async fn update(
         }
     }
     let prepared = store::prepare(resource_type, id, resource)?;
-    let outcome = store::write(conn, prepared, WriteMode::Upsert, if_match).await?;
+    let outcome = store::write(
+        conn,
+        &call.context.tenant,
+        prepared,
+        WriteMode::Upsert,
+        if_match,
+    )
+    .await?;
     let status = if outcome.created {
         StatusCode::CREATED
     } else {

@@ -46,6 +46,14 @@ pub enum DatabaseError {
         /// The role name.
         role: String,
     },
+    /// The database does not store text as UTF-8.
+    #[error(
+        "the database uses the encoding {encoding}, but Infoctor needs UTF8: create the database with ENCODING 'UTF8' (createdb -E UTF8 -T template0) and point DATABASE_URL at it"
+    )]
+    Encoding {
+        /// The `server_encoding` the database reported.
+        encoding: String,
+    },
     /// Any other database error.
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
@@ -90,6 +98,14 @@ impl Database {
                 source,
             })?;
 
+        // Index keys are hashes of the text's bytes, which writers compute
+        // from UTF-8 and searches from the server's encoding.
+        let (encoding,): (String,) = sqlx::query_as("SHOW server_encoding")
+            .fetch_one(&admin)
+            .await?;
+        if encoding != "UTF8" {
+            return Err(DatabaseError::Encoding { encoding });
+        }
         roles::ensure_app_role(&admin, config.app_password.as_deref()).await?;
         sqlx::migrate!("./migrations").run(&admin).await?;
         roles::grant_app_role(&admin).await?;

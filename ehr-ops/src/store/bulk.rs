@@ -14,6 +14,7 @@ use infoctor_fhir::search::IndexEntry;
 use sqlx::PgConnection;
 
 use super::index::{self, Digests, IndexPlan, ResourceKey, TableSet};
+use super::keys;
 use super::{PreparedResource, now_millis, stamp_meta};
 use crate::error::{FhirError, FhirResult};
 
@@ -34,10 +35,12 @@ pub struct BatchCounts {
     pub unchanged: usize,
 }
 
-/// Writes a batch of prepared resources. The batch is borrowed, so a
-/// caller whose transaction failed can run it again.
+/// Writes a batch of prepared resources in a transaction scoped to
+/// `tenant`. The batch is borrowed, so a caller whose transaction failed
+/// can run it again.
 pub async fn write_batch(
     conn: &mut PgConnection,
+    tenant: &str,
     batch: &[&PreparedResource],
 ) -> FhirResult<BatchCounts> {
     // A key that occurs several times is written once per occurrence, in
@@ -57,7 +60,7 @@ pub async fn write_batch(
     }
     let mut counts = BatchCounts::default();
     for round in rounds {
-        let round_counts = write_unique(conn, round).await?;
+        let round_counts = write_unique(conn, tenant, round).await?;
         counts.created += round_counts.created;
         counts.updated += round_counts.updated;
         counts.unchanged += round_counts.unchanged;
@@ -68,6 +71,7 @@ pub async fn write_batch(
 /// Writes a batch in which every key occurs once.
 async fn write_unique(
     conn: &mut PgConnection,
+    tenant: &str,
     batch: Vec<&PreparedResource>,
 ) -> FhirResult<BatchCounts> {
     let mut counts = BatchCounts::default();
@@ -104,7 +108,13 @@ async fn write_unique(
         .collect();
     unclaimed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     let mut claim = ResourceRows::default();
+    let mut claim_keys = Vec::with_capacity(unclaimed.len());
     for (_, prepared, digests) in unclaimed {
+        claim_keys.push(keys::resource_key(
+            tenant,
+            &prepared.resource_type,
+            &prepared.id,
+        ));
         let instant = prepared
             .first_version
             .as_ref()
@@ -114,15 +124,19 @@ async fn write_unique(
     if !claim.id.is_empty() {
         let inserted: std::collections::HashSet<(String, String)> = claim
             .bind(sqlx::query_as(
-                "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
-                 SELECT current_setting('infoctor.tenant'), k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash, \
-                   ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6] \
+                "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, \
+                   index_digests, resource_key) \
+                 SELECT $13, k.resource_type, k.id, k.version_id, k.last_updated, false, k.hash, \
+                   ARRAY[k.d0, k.d1, k.d2, k.d3, k.d4, k.d5, k.d6], k.resource_key \
                  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[], $5::bytea[], \
-                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[]) \
-                   AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6) \
+                   $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], \
+                   $14::bigint[]) \
+                   AS k(resource_type, id, version_id, last_updated, hash, d0, d1, d2, d3, d4, d5, d6, resource_key) \
                  ON CONFLICT (tenant, resource_type, id) DO NOTHING \
                  RETURNING resource_type, id",
             ))
+            .bind(tenant)
+            .bind(&claim_keys)
             .fetch_all(&mut *conn)
             .await?
             .into_iter()
@@ -244,7 +258,7 @@ async fn write_unique(
         .iter()
         .map(|(prepared, plan)| (key(prepared), prepared.entries.as_slice(), plan.insert))
         .collect();
-    index::insert(conn, &keyed).await?;
+    index::insert(conn, tenant, &keyed).await?;
     Ok(counts)
 }
 

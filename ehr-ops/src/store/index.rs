@@ -15,6 +15,8 @@ use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
+use super::keys;
+
 /// Maximum text in an indexed column of an index row, in bytes.
 /// PostgreSQL's B-tree rows cannot exceed about 2.7 kB, so longer values
 /// are cut at a character boundary, and searches cut their values the same
@@ -60,18 +62,35 @@ pub struct ResourceKey<'a> {
     pub id: &'a str,
 }
 
+/// The columns every index row has, with the keys computed from them.
+/// Reference rows are looked up by their target and have no `param_key`.
 #[derive(Default)]
 struct Columns {
     resource_type: Vec<String>,
     id: Vec<String>,
     code: Vec<String>,
+    resource_key: Vec<i64>,
+    param_key: Vec<i64>,
 }
 
 impl Columns {
-    fn push(&mut self, key: ResourceKey<'_>, code: &str) {
+    fn push(&mut self, key: ResourceKey<'_>, resource_key: i64, code: &str) {
         self.resource_type.push(key.resource_type.to_owned());
         self.id.push(key.id.to_owned());
         self.code.push(code.to_owned());
+        self.resource_key.push(resource_key);
+    }
+
+    fn push_with_param(
+        &mut self,
+        tenant: &str,
+        key: ResourceKey<'_>,
+        resource_key: i64,
+        code: &str,
+    ) {
+        self.push(key, resource_key, code);
+        self.param_key
+            .push(keys::param_key(tenant, key.resource_type, code));
     }
 }
 
@@ -414,7 +433,13 @@ struct Rows {
     date: (Columns, Instants, Instants),
     number: (Columns, Decimals, Decimals, Decimals),
     quantity: QuantityRows,
-    reference: (Columns, OptionalTexts, OptionalTexts, OptionalTexts),
+    reference: (
+        Columns,
+        OptionalTexts,
+        OptionalTexts,
+        OptionalTexts,
+        Vec<Option<i64>>,
+    ),
     uri: (Columns, Texts),
 }
 
@@ -430,7 +455,9 @@ struct QuantityRows {
 }
 
 impl Rows {
-    fn add(&mut self, key: ResourceKey<'_>, code: &str, row: Row) {
+    fn add(&mut self, tenant: &str, key: ResourceKey<'_>, resource_key: i64, code: &str, row: Row) {
+        let columns =
+            |columns: &mut Columns| columns.push_with_param(tenant, key, resource_key, code);
         match row {
             Row::String {
                 normalized,
@@ -438,24 +465,24 @@ impl Rows {
                 whole_normalized,
                 whole_exact,
             } => {
-                self.string.0.push(key, code);
+                columns(&mut self.string.0);
                 self.string.1.push(normalized);
                 self.string.2.push(exact);
                 self.string.3.push(whole_normalized);
                 self.string.4.push(whole_exact);
             }
             Row::Token { system, value } => {
-                self.token.0.push(key, code);
+                columns(&mut self.token.0);
                 self.token.1.push(system);
                 self.token.2.push(value);
             }
             Row::Date { low, high } => {
-                self.date.0.push(key, code);
+                columns(&mut self.date.0);
                 self.date.1.push(low);
                 self.date.2.push(high);
             }
             Row::Number { value, low, high } => {
-                self.number.0.push(key, code);
+                columns(&mut self.number.0);
                 self.number.1.push(value);
                 self.number.2.push(low);
                 self.number.3.push(high);
@@ -469,7 +496,7 @@ impl Rows {
                 unit,
             } => {
                 let rows = &mut self.quantity;
-                rows.columns.push(key, code);
+                columns(&mut rows.columns);
                 rows.value.push(value);
                 rows.low.push(low);
                 rows.high.push(high);
@@ -482,13 +509,16 @@ impl Rows {
                 target_id,
                 url,
             } => {
-                self.reference.0.push(key, code);
+                self.reference.0.push(key, resource_key, code);
+                self.reference
+                    .4
+                    .push(target_id.as_deref().map(|id| keys::target_key(tenant, id)));
                 self.reference.1.push(target_type);
                 self.reference.2.push(target_id);
                 self.reference.3.push(url);
             }
             Row::Uri { value } => {
-                self.uri.0.push(key, code);
+                columns(&mut self.uri.0);
                 self.uri.1.push(value);
             }
         }
@@ -534,9 +564,12 @@ async fn clear_table(
     Ok(())
 }
 
-/// Inserts the index rows of many resources, each into the given tables only.
+/// Inserts the index rows of many resources of `tenant`, each into the given
+/// tables only. The caller's transaction must be scoped to `tenant`, because
+/// row-level security rejects the rows of any other tenant.
 pub async fn insert(
     conn: &mut PgConnection,
+    tenant: &str,
     resources: &[(ResourceKey<'_>, &[IndexEntry], TableSet)],
 ) -> Result<(), sqlx::Error> {
     let mut rows = Rows::default();
@@ -544,30 +577,42 @@ pub async fn insert(
         if tables.is_empty() {
             continue;
         }
+        let resource_key = keys::resource_key(tenant, key.resource_type, key.id);
         for entry in *entries {
             if let Some(row) = Row::of(entry)
                 && tables.contains(row.table())
             {
-                rows.add(*key, &entry.code, row);
+                rows.add(tenant, *key, resource_key, &entry.code, row);
             }
         }
     }
-    // The tenant is read once per statement from a materialized CTE rather
-    // than once per row.
-    const TENANT: &str = "(SELECT tenant FROM t)";
-    const WITH_TENANT: &str =
-        "WITH t AS MATERIALIZED (SELECT current_setting('infoctor.tenant') AS tenant) ";
+    // Every statement but the reference one starts with these six columns,
+    // bound in this order.
+    const COMMON: &str = "tenant, resource_type, id, code, param_key, resource_key";
+    const COMMON_ARRAYS: &str = "$2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[]";
+    fn bind_common<'q>(
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        tenant: &'q str,
+        columns: &'q Columns,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(tenant)
+            .bind(&columns.resource_type)
+            .bind(&columns.id)
+            .bind(&columns.code)
+            .bind(&columns.param_key)
+            .bind(&columns.resource_key)
+    }
     if !rows.string.0.id.is_empty() {
         let (c, norm, exact, whole_norm, whole_exact) = &rows.string;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{WITH_TENANT}INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact, \
-               whole_norm, whole_exact) \
-             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-               $6::text[], $7::text[]) AS u"
-        )))
-        .bind(&c.resource_type)
-        .bind(&c.id)
-        .bind(&c.code)
+        bind_common(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO idx_string ({COMMON}, value_norm, value_exact, whole_norm, whole_exact) \
+                 SELECT $1, u.* FROM unnest({COMMON_ARRAYS}, $7::text[], $8::text[], $9::text[], $10::text[]) AS u"
+            ))),
+            tenant,
+            c,
+        )
         .bind(norm)
         .bind(exact)
         .bind(whole_norm)
@@ -577,13 +622,14 @@ pub async fn insert(
     }
     if !rows.token.0.id.is_empty() {
         let (c, system, value) = &rows.token;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{WITH_TENANT}INSERT INTO idx_token (tenant, resource_type, id, code, system, value) \
-             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS u"
-        )))
-        .bind(&c.resource_type)
-        .bind(&c.id)
-        .bind(&c.code)
+        bind_common(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO idx_token ({COMMON}, system, value) \
+                 SELECT $1, u.* FROM unnest({COMMON_ARRAYS}, $7::text[], $8::text[]) AS u"
+            ))),
+            tenant,
+            c,
+        )
         .bind(system)
         .bind(value)
         .execute(&mut *conn)
@@ -591,13 +637,14 @@ pub async fn insert(
     }
     if !rows.date.0.id.is_empty() {
         let (c, low, high) = &rows.date;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{WITH_TENANT}INSERT INTO idx_date (tenant, resource_type, id, code, low, high) \
-             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[]) AS u"
-        )))
-        .bind(&c.resource_type)
-        .bind(&c.id)
-        .bind(&c.code)
+        bind_common(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO idx_date ({COMMON}, low, high) \
+                 SELECT $1, u.* FROM unnest({COMMON_ARRAYS}, $7::timestamptz[], $8::timestamptz[]) AS u"
+            ))),
+            tenant,
+            c,
+        )
         .bind(low)
         .bind(high)
         .execute(&mut *conn)
@@ -605,13 +652,14 @@ pub async fn insert(
     }
     if !rows.number.0.id.is_empty() {
         let (c, value, low, high) = &rows.number;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{WITH_TENANT}INSERT INTO idx_number (tenant, resource_type, id, code, value, low, high) \
-             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], $6::numeric[]) AS u"
-        )))
-        .bind(&c.resource_type)
-        .bind(&c.id)
-        .bind(&c.code)
+        bind_common(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO idx_number ({COMMON}, value, low, high) \
+                 SELECT $1, u.* FROM unnest({COMMON_ARRAYS}, $7::numeric[], $8::numeric[], $9::numeric[]) AS u"
+            ))),
+            tenant,
+            c,
+        )
         .bind(value)
         .bind(low)
         .bind(high)
@@ -620,14 +668,15 @@ pub async fn insert(
     }
     if !rows.quantity.columns.id.is_empty() {
         let q = &rows.quantity;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{WITH_TENANT}INSERT INTO idx_quantity (tenant, resource_type, id, code, value, low, high, system, unit_code, unit) \
-             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::numeric[], \
-             $6::numeric[], $7::text[], $8::text[], $9::text[]) AS u"
-        )))
-        .bind(&q.columns.resource_type)
-        .bind(&q.columns.id)
-        .bind(&q.columns.code)
+        bind_common(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO idx_quantity ({COMMON}, value, low, high, system, unit_code, unit) \
+                 SELECT $1, u.* FROM unnest({COMMON_ARRAYS}, $7::numeric[], $8::numeric[], $9::numeric[], \
+                   $10::text[], $11::text[], $12::text[]) AS u"
+            ))),
+            tenant,
+            &q.columns,
+        )
         .bind(&q.value)
         .bind(&q.low)
         .bind(&q.high)
@@ -638,29 +687,35 @@ pub async fn insert(
         .await?;
     }
     if !rows.reference.0.id.is_empty() {
-        let (c, target_type, target_id, url) = &rows.reference;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{WITH_TENANT}INSERT INTO idx_reference (tenant, resource_type, id, code, target_type, target_id, url) \
-             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u"
-        )))
+        let (c, target_type, target_id, url, target_key) = &rows.reference;
+        sqlx::query(
+            "INSERT INTO idx_reference (tenant, resource_type, id, code, resource_key, \
+               target_type, target_id, url, target_key) \
+             SELECT $1, u.* FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], \
+               $6::text[], $7::text[], $8::text[], $9::bigint[]) AS u",
+        )
+        .bind(tenant)
         .bind(&c.resource_type)
         .bind(&c.id)
         .bind(&c.code)
+        .bind(&c.resource_key)
         .bind(target_type)
         .bind(target_id)
         .bind(url)
+        .bind(target_key)
         .execute(&mut *conn)
         .await?;
     }
     if !rows.uri.0.id.is_empty() {
         let (c, value) = &rows.uri;
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "{WITH_TENANT}INSERT INTO idx_uri (tenant, resource_type, id, code, value) \
-             SELECT {TENANT}, u.* FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u"
-        )))
-        .bind(&c.resource_type)
-        .bind(&c.id)
-        .bind(&c.code)
+        bind_common(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO idx_uri ({COMMON}, value) \
+                 SELECT $1, u.* FROM unnest({COMMON_ARRAYS}, $7::text[]) AS u"
+            ))),
+            tenant,
+            c,
+        )
         .bind(value)
         .execute(&mut *conn)
         .await?;
@@ -724,7 +779,8 @@ macro_rules! resolve_statement {
                HAVING count(DISTINCT t.id) = 1 \
              ) \
              UPDATE idx_reference r \
-             SET target_type = m.target_type, target_id = m.target_id, url = NULL \
+             SET target_type = m.target_type, target_id = m.target_id, url = NULL, \
+               target_key = idx_target_key(r.tenant, m.target_id) \
              FROM matched m \
              WHERE r.tenant = current_setting('infoctor.tenant') AND r.target_id IS NULL AND r.url = m.url"
         )

@@ -10,6 +10,7 @@
 
 pub mod bulk;
 pub mod index;
+pub mod keys;
 mod prepare;
 pub mod reindex;
 
@@ -290,17 +291,21 @@ async fn lock_current(
 /// the unique key makes each writer wait for the other's commit instead.
 async fn claim_key(
     conn: &mut PgConnection,
+    tenant: &str,
     resource_type: &str,
     id: &str,
 ) -> FhirResult<Option<CurrentState>> {
     let claimed = sqlx::query(
-        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
-         VALUES (current_setting('infoctor.tenant'), $1, $2, 0, now(), true, NULL, $3) \
+        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, \
+           index_digests, resource_key) \
+         VALUES ($4, $1, $2, 0, now(), true, NULL, $3, $5) \
          ON CONFLICT (tenant, resource_type, id) DO NOTHING",
     )
     .bind(resource_type)
     .bind(id)
     .bind(&index::NO_ROWS[..])
+    .bind(tenant)
+    .bind(keys::resource_key(tenant, resource_type, id))
     .execute(&mut *conn)
     .await?
     .rows_affected()
@@ -321,6 +326,7 @@ async fn claim_key(
 /// replace (from `If-Match: W/"n"`); a mismatch is `PreconditionFailed`.
 pub async fn write(
     conn: &mut PgConnection,
+    tenant: &str,
     prepared: PreparedResource,
     mode: WriteMode,
     if_match: Option<i64>,
@@ -338,7 +344,7 @@ pub async fn write(
     lock_key(conn, &resource_type, &id).await?;
     let current = match lock_current(conn, &resource_type, &id).await? {
         Some(current) => Some(current),
-        None => claim_key(conn, &resource_type, &id).await?,
+        None => claim_key(conn, tenant, &resource_type, &id).await?,
     };
 
     if let Some(expected) = if_match {
@@ -383,8 +389,9 @@ pub async fn write(
     // The pointer and the version go in one statement, saving a round trip.
     sqlx::query(
         "WITH pointer AS (\
-           INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
-           VALUES (current_setting('infoctor.tenant'), $1, $2, $3, $4, false, $5, $7) \
+           INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, \
+             index_digests, resource_key) \
+           VALUES ($9, $1, $2, $3, $4, false, $5, $7, $10) \
            ON CONFLICT (tenant, resource_type, id) DO UPDATE SET version_id = EXCLUDED.version_id, \
              last_updated = EXCLUDED.last_updated, deleted = false, content_hash = EXCLUDED.content_hash, \
              index_digests = EXCLUDED.index_digests) \
@@ -399,6 +406,8 @@ pub async fn write(
     .bind(operation)
     .bind(&digests[..])
     .bind(&text)
+    .bind(tenant)
+    .bind(keys::resource_key(tenant, &resource_type, &id))
     .execute(&mut *conn)
     .await?;
     let ids = [id.clone()];
@@ -407,7 +416,7 @@ pub async fn write(
         resource_type: &resource_type,
         id: &id,
     };
-    index::insert(conn, &[(key, &entries, plan.insert)]).await?;
+    index::insert(conn, tenant, &[(key, &entries, plan.insert)]).await?;
     index::resolve_references_of_write(conn, &resource_type, &entries).await?;
 
     let body = RawValue::from_string(text)

@@ -245,7 +245,7 @@ async fn rebuild_batch(
                 )
             })
             .collect();
-        index::insert(conn, &inserts).await?;
+        index::insert(conn, tenant, &inserts).await?;
     }
     if !changed.is_empty() {
         let types: Vec<&str> = changed.iter().map(|r| r.resource_type.as_str()).collect();

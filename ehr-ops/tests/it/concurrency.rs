@@ -346,8 +346,10 @@ async fn load_after_concurrent_create_stamps_later() {
     // The API claims a missing key with a placeholder row, version 0.
     let mut api = server.db.begin_tenant(&tenant).await.expect("begin");
     sqlx::query(
-        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, index_digests) \
-         VALUES (current_setting('infoctor.tenant'), 'Condition', $1, 0, now(), true, NULL, $2)",
+        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, deleted, content_hash, \
+           index_digests, resource_key) \
+         VALUES (current_setting('infoctor.tenant'), 'Condition', $1, 0, now(), true, NULL, $2, \
+           idx_resource_key(current_setting('infoctor.tenant'), 'Condition', $1))",
     )
     .bind(&id)
     .bind(&[0_i64; 7][..])
@@ -369,6 +371,7 @@ async fn load_after_concurrent_create_stamps_later() {
             infoctor_ehr_ops::store::prepare("Condition", &id, resource.clone()).expect("prepare");
         infoctor_ehr_ops::store::write(
             &mut api,
+            &tenant,
             prepared,
             infoctor_ehr_ops::store::WriteMode::Upsert,
             None,

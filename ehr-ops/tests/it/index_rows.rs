@@ -58,7 +58,11 @@ fn observation(id: &str, status: &str, value: f64) -> Value {
 }
 
 async fn put(server: &TestServer, tenant: &str, resource: &Value) {
-    let path = format!("Observation/{}", resource["id"].as_str().expect("id"));
+    let path = format!(
+        "{}/{}",
+        resource["resourceType"].as_str().expect("resourceType"),
+        resource["id"].as_str().expect("id")
+    );
     let (status, body) = server.put(tenant, &path, resource).await;
     assert!(
         status == 200 || status == 201,
@@ -402,5 +406,162 @@ async fn case_folding_migration_rewrites_old_rows() {
     ] {
         let found = match_ids(&server, &tenant, "Patient", &[(name, value)]).await;
         assert_eq!(found, ["folded"], "{name}={value} after the migration");
+    }
+}
+
+/// Texts of every tail length (0 to 11 bytes after the 12-byte blocks), in
+/// one and several blocks, with multi-byte characters and bytes above 0x7f
+/// in every position of a word.
+fn key_texts() -> Vec<String> {
+    let mut texts = Vec::new();
+    for length in 0..40 {
+        texts.push("abcdefghijklmnopqrstuvwxyz0123456789ABCD"[..length].to_owned());
+        texts.push("é".repeat(length / 2) + &"x".repeat(length % 2));
+        texts.push(
+            "\u{10FFFF}ü|".repeat(length / 4 + 1)[..]
+                .chars()
+                .take(length)
+                .collect(),
+        );
+    }
+    texts.push("Observation".to_owned());
+    texts.push("code-value-quantity$http://loinc.org|4548-4".to_owned());
+    texts
+}
+
+#[tokio::test]
+async fn key_functions_match_the_server() {
+    use infoctor_ehr_ops::store::keys;
+
+    let server = server().await;
+    let texts = key_texts();
+    let expected: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT hashtextextended(t, 0), idx_param_key(t, 'Observation', t), \
+           idx_resource_key('tenant-é', t, 'id-1'), idx_target_key(t, t) \
+         FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+    )
+    .bind(&texts)
+    .fetch_all(server.db.admin_pool())
+    .await
+    .expect("server keys");
+    assert_eq!(expected.len(), texts.len());
+    for (text, (hash, param, resource, target)) in texts.iter().zip(expected) {
+        assert_eq!(keys::hash_bytes(text.as_bytes()) as i64, hash, "{text:?}");
+        assert_eq!(
+            keys::param_key(text, "Observation", text),
+            param,
+            "{text:?}"
+        );
+        assert_eq!(
+            keys::resource_key("tenant-é", text, "id-1"),
+            resource,
+            "{text:?}"
+        );
+        assert_eq!(keys::target_key(text, text), target, "{text:?}");
+    }
+}
+
+/// Counts the rows of `tenant` in each table whose keys differ from what the
+/// schema's key functions compute from the row's own columns.
+async fn rows_with_wrong_keys(server: &TestServer, tenant: &str) -> Vec<(String, i64, i64)> {
+    let mut found = Vec::new();
+    let mut checks: Vec<(&str, String)> = TABLES
+        .iter()
+        .map(|table| {
+            let param = if *table == "idx_reference" {
+                "target_key IS NOT DISTINCT FROM idx_target_key(tenant, target_id)"
+            } else {
+                "param_key = idx_param_key(tenant, resource_type, code)"
+            };
+            (
+                *table,
+                format!("{param} AND resource_key = idx_resource_key(tenant, resource_type, id)"),
+            )
+        })
+        .collect();
+    checks.push((
+        "resources",
+        "resource_key = idx_resource_key(tenant, resource_type, id)".to_owned(),
+    ));
+    for (table, condition) in checks {
+        let (rows, wrong): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*), count(*) FILTER (WHERE NOT ({condition})) FROM {table} WHERE tenant = $1"
+        )))
+        .bind(tenant)
+        .fetch_one(server.db.admin_pool())
+        .await
+        .expect("count keys");
+        found.push((table.to_owned(), rows, wrong));
+    }
+    found
+}
+
+#[tokio::test]
+async fn written_rows_carry_the_keys_of_their_columns() {
+    use infoctor_ehr_ops::load::{LoadOptions, NoProgress, load};
+
+    let server = server().await;
+    let tenant = server.tenant().await;
+    // Single writes: a create, an update and a conditional reference.
+    put(&server, &tenant, &observation("o1", "final", 7.5)).await;
+    put(&server, &tenant, &observation("o1", "amended", 6.5)).await;
+    let patient = json!({
+        "resourceType": "Patient",
+        "id": "p1",
+        "identifier": [{"system": "urn:mrn", "value": "m-1"}],
+        "name": [{"family": "Ëlmer", "given": ["Zoë"]}],
+        "birthDate": "1970-01-01",
+        "telecom": [{"system": "url", "value": "https://example.org/p1"}]
+    });
+    put(&server, &tenant, &patient).await;
+    let value_set = json!({
+        "resourceType": "ValueSet",
+        "id": "v1",
+        "url": "http://example.org/fhir/ValueSet/v1",
+        "status": "active"
+    });
+    put(&server, &tenant, &value_set).await;
+    // A bulk load whose conditional reference resolves after the load.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let encounter = json!({
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient?identifier=urn:mrn|m-1"}
+    });
+    let path = dir.path().join("Encounter.ndjson");
+    std::fs::write(&path, format!("{encounter}\n")).expect("write file");
+    load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("load");
+    let found = match_ids(&server, &tenant, "Encounter", &[("subject", "Patient/p1")]).await;
+    assert_eq!(found, ["e1"]);
+
+    let counts = rows_with_wrong_keys(&server, &tenant).await;
+    for (table, rows, wrong) in &counts {
+        assert_eq!(*wrong, 0, "{table}: {wrong} of {rows} rows with wrong keys");
+    }
+    let with_rows: Vec<&str> = counts
+        .iter()
+        .filter(|(_, rows, _)| *rows > 0)
+        .map(|(table, ..)| table.as_str())
+        .collect();
+    for table in [
+        "resources",
+        "idx_string",
+        "idx_token",
+        "idx_date",
+        "idx_quantity",
+        "idx_reference",
+        "idx_uri",
+    ] {
+        assert!(with_rows.contains(&table), "no rows in {table}: {counts:?}");
     }
 }

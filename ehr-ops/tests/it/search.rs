@@ -293,18 +293,24 @@ async fn searches_use_the_key_indexes() {
         .await
         .expect("tenant");
     for statement in [
-        "INSERT INTO idx_date (tenant, resource_type, id, code, low, high) \
-         SELECT $1, 'Encounter', 'spread-' || n, 'date', day, day + interval '1 hour' \
+        "INSERT INTO idx_date (tenant, resource_type, id, code, low, high, param_key, resource_key) \
+         SELECT $1, 'Encounter', 'spread-' || n, 'date', day, day + interval '1 hour', \
+           idx_param_key($1, 'Encounter', 'date'), idx_resource_key($1, 'Encounter', 'spread-' || n) \
          FROM generate_series(1, 3000) AS n, \
            LATERAL (SELECT timestamptz '2016-01-01' + n * interval '1 day') AS d(day)",
-        "INSERT INTO idx_token (tenant, resource_type, id, code, system, value) \
-         SELECT $1, 'Encounter', 'spread-' || n, 'type', 'http://snomed.info/sct', 'c' || n \
+        "INSERT INTO idx_token (tenant, resource_type, id, code, system, value, param_key, resource_key) \
+         SELECT $1, 'Encounter', 'spread-' || n, 'type', 'http://snomed.info/sct', 'c' || n, \
+           idx_param_key($1, 'Encounter', 'type'), idx_resource_key($1, 'Encounter', 'spread-' || n) \
          FROM generate_series(1, 3000) AS n",
-        "INSERT INTO idx_reference (tenant, resource_type, id, code, target_type, target_id) \
-         SELECT $1, 'Encounter', 'spread-' || n, 'subject', 'Patient', 'p' || n \
+        "INSERT INTO idx_reference (tenant, resource_type, id, code, target_type, target_id, \
+           resource_key, target_key) \
+         SELECT $1, 'Encounter', 'spread-' || n, 'subject', 'Patient', 'p' || n, \
+           idx_resource_key($1, 'Encounter', 'spread-' || n), idx_target_key($1, 'p' || n) \
          FROM generate_series(1, 3000) AS n",
-        "INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact) \
-         SELECT $1, 'Patient', 'spread-' || n, 'name', 'name' || n, 'Name' || n \
+        "INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact, \
+           param_key, resource_key) \
+         SELECT $1, 'Patient', 'spread-' || n, 'name', 'name' || n, 'Name' || n, \
+           idx_param_key($1, 'Patient', 'name'), idx_resource_key($1, 'Patient', 'spread-' || n) \
          FROM generate_series(1, 3000) AS n",
     ] {
         sqlx::query(statement)

@@ -294,12 +294,21 @@ async fn app_role_without_tenant_sees_nothing() {
 
     // Without a tenant the app role cannot write rows either.
     let insert = sqlx::query(
-        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated) \
-         VALUES (coalesce(current_setting('infoctor.tenant', true), ''), 'Patient', 'orphan', 1, now())",
+        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, resource_key) \
+         VALUES (coalesce(current_setting('infoctor.tenant', true), ''), 'Patient', 'orphan', 1, now(), \
+           idx_resource_key('', 'Patient', 'orphan'))",
     )
     .execute(&mut *conn)
     .await;
-    assert!(insert.is_err(), "a row without a tenant was written");
+    // The empty tenant fails the table's check before the policy runs.
+    let code = sqlstate(insert.expect_err("a row without a tenant was written"));
+    assert!(
+        matches!(
+            code.as_deref(),
+            Some(CHECK_VIOLATION | ROW_SECURITY_VIOLATION)
+        ),
+        "{code:?}"
+    );
 }
 
 #[tokio::test]
@@ -363,21 +372,25 @@ async fn app_role_cannot_escape_row_security() {
 
     // WITH CHECK: no row for B may be written while the setting names A.
     let writes = [
-        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated) \
-         VALUES ($1, 'Patient', 'planted', 1, now())",
+        "INSERT INTO resources (tenant, resource_type, id, version_id, last_updated, resource_key) \
+         VALUES ($1, 'Patient', 'planted', 1, now(), idx_resource_key($1, 'Patient', 'planted'))",
         "INSERT INTO resource_versions (tenant, resource_type, id, version_id, last_updated, operation, resource) \
          VALUES ($1, 'Patient', 'planted', 1, now(), 'create', '{}')",
-        "INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact) \
-         VALUES ($1, 'Patient', 'planted', 'name', 'x', 'x')",
+        "INSERT INTO idx_string (tenant, resource_type, id, code, value_norm, value_exact, \
+           param_key, resource_key) \
+         VALUES ($1, 'Patient', 'planted', 'name', 'x', 'x', \
+           idx_param_key($1, 'Patient', 'name'), idx_resource_key($1, 'Patient', 'planted'))",
         "UPDATE resources SET tenant = $1",
         "UPDATE idx_token SET tenant = $1",
     ];
     for statement in writes {
         let mut tx = server.db.begin_tenant(&a).await.expect("begin");
         let result = sqlx::query(statement).bind(&b).execute(&mut *tx).await;
-        assert!(
-            result.is_err(),
-            "the app role, set to A, wrote for B: {statement}"
+        let err = result.expect_err(&format!("the app role, set to A, wrote for B: {statement}"));
+        assert_eq!(
+            sqlstate(err).as_deref(),
+            Some(ROW_SECURITY_VIOLATION),
+            "{statement}"
         );
         tx.rollback().await.expect("rollback");
     }
@@ -961,4 +974,16 @@ async fn unknown_tenant_is_not_found() {
         1,
         "requests to the unknown tenant changed another: {body}"
     );
+}
+
+/// SQLSTATE of a row that fails a check constraint.
+const CHECK_VIOLATION: &str = "23514";
+
+/// SQLSTATE of a row that fails a row-level security policy.
+const ROW_SECURITY_VIOLATION: &str = "42501";
+
+fn sqlstate(err: sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|err| err.code())
+        .map(|code| code.into_owned())
 }
