@@ -13,17 +13,17 @@
 //! Jenkins' lookup3 mix and keeps two of its three words. A test compares
 //! these functions with the server's on texts of every tail length.
 
-/// Key of the rows of one search parameter of one resource type.
+/// Computes the key of the rows of one search parameter of one resource type.
 pub fn param_key(tenant: &str, resource_type: &str, code: &str) -> i64 {
     hash_parts(&[tenant, resource_type, code])
 }
 
-/// Key of the rows of one resource.
+/// Computes the key of the rows of one resource.
 pub fn resource_key(tenant: &str, resource_type: &str, id: &str) -> i64 {
     hash_parts(&[tenant, resource_type, id])
 }
 
-/// Key of the references to one id, whatever the target type.
+/// Computes the key of the references to one id, whatever the target type.
 pub fn target_key(tenant: &str, target_id: &str) -> i64 {
     hash_parts(&[tenant, target_id])
 }
@@ -41,7 +41,7 @@ fn hash_parts(parts: &[&str]) -> i64 {
     hash_bytes(&joined) as i64
 }
 
-/// `hashtextextended(text, 0)` of text whose bytes are `key`.
+/// Computes `hashtextextended(text, 0)` of the text whose bytes are `key`.
 pub fn hash_bytes(key: &[u8]) -> u64 {
     // The server keeps the length in a 32-bit integer.
     let start = 0x9e37_79b9_u32

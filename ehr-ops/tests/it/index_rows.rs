@@ -417,12 +417,8 @@ fn key_texts() -> Vec<String> {
     for length in 0..40 {
         texts.push("abcdefghijklmnopqrstuvwxyz0123456789ABCD"[..length].to_owned());
         texts.push("é".repeat(length / 2) + &"x".repeat(length % 2));
-        texts.push(
-            "\u{10FFFF}ü|".repeat(length / 4 + 1)[..]
-                .chars()
-                .take(length)
-                .collect(),
-        );
+        let wide = "\u{10FFFF}ü|".repeat(length / 4 + 1);
+        texts.push(wide.chars().take(length).collect());
     }
     texts.push("Observation".to_owned());
     texts.push("code-value-quantity$http://loinc.org|4548-4".to_owned());
