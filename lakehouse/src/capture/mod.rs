@@ -69,6 +69,12 @@ pub struct CaptureConfig {
     /// How often the tenants' views are read from PostgreSQL, so a new
     /// version or a retirement takes effect within this time.
     pub tenant_view_refresh: Duration,
+    /// How often the worker confirms its position while it does long work
+    /// between reads of the stream, such as rebuilding view tables or
+    /// compacting. PostgreSQL ends a replication connection whose client
+    /// sends nothing for `wal_sender_timeout` (60 seconds by default), so
+    /// this must stay well below it.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -83,6 +89,7 @@ impl Default for CaptureConfig {
             maintenance: Some(MaintenanceConfig::default()),
             views: true,
             tenant_view_refresh: Duration::from_secs(2),
+            heartbeat_interval: Duration::from_secs(10),
         }
     }
 }
@@ -207,6 +214,39 @@ impl Alarm {
     }
 }
 
+/// Runs `work` to its end while sending the stream's position to PostgreSQL
+/// every `interval`, so a long rebuild does not cost the replication
+/// connection. A status update that fails does not stop the work; its error
+/// is returned once the work is done.
+async fn with_heartbeat<T>(
+    stream: &mut LogicalReplicationStream,
+    config: &CaptureConfig,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, LakehouseError> {
+    tokio::pin!(work);
+    let interval = config.heartbeat_interval.max(Duration::from_millis(10));
+    let first = tokio::time::Instant::now() + interval;
+    let mut ticks = tokio::time::interval_at(first, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            output = &mut work => {
+                return match failure {
+                    Some(err) => Err(err),
+                    None => Ok(output),
+                };
+            }
+            _ = ticks.tick(), if failure.is_none() => {
+                if let Err(err) = stream.send_feedback().await {
+                    tracing::warn!(slot = %config.slot_name, error = %err, "status update during long work failed; the worker stops with this error once the work is done");
+                    failure = Some(err.into());
+                }
+            }
+        }
+    }
+}
+
 impl CaptureWorker {
     /// Creates a worker over the store's database and the lakehouse.
     pub fn new(db: Database, lake: Lakehouse, config: CaptureConfig) -> CaptureWorker {
@@ -310,13 +350,18 @@ impl CaptureWorker {
         } else {
             self.copy_snapshot(stream, &mut tables, shutdown).await?
         };
-        stream.start(None).await?;
-        tracing::info!(slot = %slot_name, lsn = %format_lsn(stream.current_lsn()), "change capture streaming");
+        // View tables catch up with the change log before streaming starts:
+        // PostgreSQL ends a streaming connection that stays silent for
+        // `wal_sender_timeout`, and until the first message arrives the
+        // stream has no position to confirm. An idle connection that has
+        // not started streaming has no such limit.
         tables.refresh_known(&self.lake).await;
         self.refresh_tenant_views(&mut tables).await;
         for tenant in tables.names() {
             self.sync_views(&mut tables, &tenant).await;
         }
+        stream.start(None).await?;
+        tracing::info!(slot = %slot_name, lsn = %format_lsn(stream.current_lsn()), "change capture streaming");
         let result = self
             .stream_changes(&mut stream, &mut tables, shutdown)
             .await;
@@ -476,9 +521,12 @@ impl CaptureWorker {
                 && open.is_none()
                 && batch.opened_at.is_none()
             {
-                tables.refresh_known(&self.lake).await;
-                maintenance::maintain_all(&self.lake, &tables.names(), config).await;
-                tables.reload(&self.lake).await?;
+                with_heartbeat(stream, &self.config, async {
+                    tables.refresh_known(&self.lake).await;
+                    maintenance::maintain_all(&self.lake, &tables.names(), config).await;
+                    tables.reload(&self.lake).await
+                })
+                .await??;
                 next_maintenance = Some(Instant::now() + config.interval);
             }
             if self.config.views
@@ -486,7 +534,7 @@ impl CaptureWorker {
                 && open.is_none()
                 && batch.opened_at.is_none()
             {
-                self.refresh_tenant_views(tables).await;
+                with_heartbeat(stream, &self.config, self.refresh_tenant_views(tables)).await?;
                 next_view_refresh = Instant::now() + self.config.tenant_view_refresh;
             }
 
@@ -575,41 +623,48 @@ impl CaptureWorker {
         tables: &mut Tables,
         batch: &mut Batch,
     ) -> Result<(), LakehouseError> {
-        let batch = std::mem::take(batch);
+        let mut batch = std::mem::take(batch);
         let started = Instant::now();
-        let mut written = 0usize;
-        let mut applied: Vec<(String, Vec<ChangeRecord>, u64)> = Vec::new();
-        for (tenant, records) in batch.by_tenant {
-            let marker = tables.marker(&self.lake, &tenant).await?;
-            let total = records.len();
-            let fresh: Vec<ChangeRecord> = match marker {
-                Some(marker) => records
-                    .into_iter()
-                    .filter(|r| r.commit_lsn > marker)
-                    .collect(),
-                None => records,
-            };
-            if fresh.len() < total {
-                let skipped = total - fresh.len();
-                tracing::info!(tenant = %tenant, skipped, "skipped changes already in the lakehouse");
+        let by_tenant = std::mem::take(&mut batch.by_tenant);
+        // Large batches write for a while; the heartbeat repeats the
+        // position confirmed before this batch meanwhile.
+        let writes = async {
+            let mut written = 0usize;
+            let mut applied: Vec<(String, Vec<ChangeRecord>, u64)> = Vec::new();
+            for (tenant, records) in by_tenant {
+                let marker = tables.marker(&self.lake, &tenant).await?;
+                let total = records.len();
+                let fresh: Vec<ChangeRecord> = match marker {
+                    Some(marker) => records
+                        .into_iter()
+                        .filter(|r| r.commit_lsn > marker)
+                        .collect(),
+                    None => records,
+                };
+                if fresh.len() < total {
+                    let skipped = total - fresh.len();
+                    tracing::info!(tenant = %tenant, skipped, "skipped changes already in the lakehouse");
+                    self.metrics
+                        .replayed_transactions_total
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let Some(last_lsn) = fresh.iter().map(|r| r.commit_lsn).max() else {
+                    continue;
+                };
+                let table = tables.get(&self.lake, &tenant).await?;
+                table
+                    .write(&fresh, Some(last_lsn), SaveMode::Append)
+                    .await?;
+                tables.markers.insert(tenant.clone(), last_lsn);
+                written += fresh.len();
                 self.metrics
-                    .replayed_transactions_total
+                    .delta_commits_total
                     .fetch_add(1, Ordering::Relaxed);
+                applied.push((tenant, fresh, last_lsn));
             }
-            let Some(last_lsn) = fresh.iter().map(|r| r.commit_lsn).max() else {
-                continue;
-            };
-            let table = tables.get(&self.lake, &tenant).await?;
-            table
-                .write(&fresh, Some(last_lsn), SaveMode::Append)
-                .await?;
-            tables.markers.insert(tenant.clone(), last_lsn);
-            written += fresh.len();
-            self.metrics
-                .delta_commits_total
-                .fetch_add(1, Ordering::Relaxed);
-            applied.push((tenant, fresh, last_lsn));
-        }
+            Ok::<_, LakehouseError>((written, applied))
+        };
+        let (written, applied) = with_heartbeat(stream, &self.config, writes).await??;
         let applied_at = Utc::now();
         if let Ok(mut window) = self.metrics.commit_latency.lock() {
             for committed in &batch.commit_times {
@@ -645,13 +700,15 @@ impl CaptureWorker {
         // The tenant's views are read first, so a view retired or changed
         // before these changes were committed does not receive them under
         // its old definition.
-        for (tenant, changes, lsn) in applied {
-            if self.config.views {
-                self.refresh_tenant(tables, &tenant).await;
+        let views = async {
+            for (tenant, changes, lsn) in applied {
+                if self.config.views {
+                    self.refresh_tenant(tables, &tenant).await;
+                }
+                self.update_views(tables, &tenant, &changes, lsn).await;
             }
-            self.update_views(tables, &tenant, &changes, lsn).await;
-        }
-        Ok(())
+        };
+        with_heartbeat(stream, &self.config, views).await
     }
 
     /// Returns the views kept for a tenant: the built-in ones and the
