@@ -241,7 +241,13 @@ fn stop(mut child: Child) {
 async fn capture_survives_kills_during_full_load() {
     let data = test_data().join("synthea-r4-2019/ndjson");
     let server = server_url();
-    let name = format!("infoctor_lh_{}", uuid::Uuid::new_v4().simple());
+    // Named as the lakehouse tests name theirs, with the creation time, so
+    // their clean-up also drops a database left behind by this test.
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let name = format!("infoctor_lh_{created}_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&server)
         .await
         .expect("connect to the test PostgreSQL");

@@ -84,7 +84,13 @@ impl Env {
                 .try_init();
         }
         let server = server_url();
-        let name = format!("infoctor_lh_{}", uuid::Uuid::new_v4().simple());
+        // The creation time in the name lets later runs tell a leftover
+        // database from one another test has just created.
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs();
+        let name = format!("infoctor_lh_{created}_{}", uuid::Uuid::new_v4().simple());
         let mut conn = sqlx::PgConnection::connect(&server).await.unwrap_or_else(|err| {
             panic!("cannot connect to the test PostgreSQL at {server}: {err}; run the tests through scripts/test")
         });
@@ -263,7 +269,10 @@ impl Env {
 }
 
 /// Drops databases and slots that earlier runs left behind, so inactive
-/// slots do not pin WAL on the test server.
+/// slots do not pin WAL on the test server. A database counts as left behind
+/// when it has no connection and was created over ten minutes ago. The age
+/// matters because a database that a parallel test has just created has no
+/// connection yet either.
 async fn drop_stale(conn: &mut sqlx::PgConnection) {
     let _ = sqlx::query(
         "SELECT pg_drop_replication_slot(s.slot_name) FROM pg_replication_slots s \
@@ -273,7 +282,10 @@ async fn drop_stale(conn: &mut sqlx::PgConnection) {
     .execute(&mut *conn)
     .await;
     let stale: Vec<String> = sqlx::query_scalar(
-        "SELECT datname FROM pg_database d WHERE datname LIKE 'infoctor_lh_%' \
+        "SELECT datname FROM pg_database d \
+         WHERE CASE WHEN datname ~ '^infoctor_lh_[0-9]{1,18}_' \
+               THEN split_part(datname, '_', 3)::bigint < extract(epoch FROM now())::bigint - 600 \
+               ELSE false END \
          AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) \
          AND NOT EXISTS (SELECT 1 FROM pg_replication_slots s WHERE s.database = d.datname)",
     )
