@@ -350,11 +350,9 @@ impl CaptureWorker {
         } else {
             self.copy_snapshot(stream, &mut tables, shutdown).await?
         };
-        // View tables catch up with the change log before streaming starts:
-        // PostgreSQL ends a streaming connection that stays silent for
-        // `wal_sender_timeout`, and until the first message arrives the
-        // stream has no position to confirm. An idle connection that has
-        // not started streaming has no such limit.
+        // View tables catch up before streaming starts, because a streaming
+        // connection silent for `wal_sender_timeout` is ended and the stream
+        // has no position to confirm before its first message arrives.
         tables.refresh_known(&self.lake).await;
         self.refresh_tenant_views(&mut tables).await;
         for tenant in tables.names() {
@@ -626,8 +624,8 @@ impl CaptureWorker {
         let mut batch = std::mem::take(batch);
         let started = Instant::now();
         let by_tenant = std::mem::take(&mut batch.by_tenant);
-        // Large batches write for a while; the heartbeat repeats the
-        // position confirmed before this batch meanwhile.
+        // Large batches take a while to write, so the heartbeat repeats the
+        // position confirmed before this batch.
         let writes = async {
             let mut written = 0usize;
             let mut applied: Vec<(String, Vec<ChangeRecord>, u64)> = Vec::new();
