@@ -200,6 +200,12 @@ pub struct Filter {
     /// value the value's first half names. `values` then contains the second
     /// halves, and `row_codes` every code named here. Empty otherwise.
     pub value_codes: Vec<Vec<String>>,
+    /// For a conjunction (see `SearchParamDef::is_conjunction`): values
+    /// whose first half names the first value in a form its pairs do not
+    /// store (`4548-4$gt7`, any system). Each is a filter on each of the two
+    /// parameters, and matches where both do, as the pairs would. A resource
+    /// matches the composite when any of these or any of `values` does.
+    pub split: Vec<(Filter, Filter)>,
 }
 
 /// One `_sort` key.
@@ -356,6 +362,7 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> FhirResult<Sear
         request.defining_pairs.push((name.clone(), value.clone()));
     }
     request.filters = pair_conjunctions(resource_type, request.filters);
+    request.filters = unpair_single_splits(request.filters);
     Ok(request)
 }
 
@@ -477,6 +484,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             row_codes: vec![code.to_owned()],
             typed_base: typed_base(resource_type, code),
             value_codes: Vec::new(),
+            split: Vec::new(),
         });
     }
 
@@ -496,7 +504,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
     if kind == SearchParamType::Composite {
         let def = registry_param(resource_type, code)?;
         return match modifier_text {
-            None => parse_composite(def, value),
+            None => parse_composite(resource_type, def, value),
             Some("missing") => composite_missing(def, name, value),
             Some(modifier) => Err(FhirError::NotSupported(format!(
                 "modifier ':{modifier}' on the composite parameter '{code}' is not supported by this server"
@@ -532,6 +540,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             row_codes: row_codes(resource_type, code),
             typed_base: typed_base(resource_type, code),
             value_codes: Vec::new(),
+            split: Vec::new(),
         });
     }
     let values = split_values(value)
@@ -563,6 +572,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
         row_codes: row_codes(resource_type, code),
         typed_base: typed_base(resource_type, code),
         value_codes: Vec::new(),
+        split: Vec::new(),
     })
 }
 
@@ -596,6 +606,7 @@ fn composite_missing(def: &SearchParamDef, name: &str, value: &str) -> FhirResul
         row_codes: pair_codes(def, ""),
         typed_base: None,
         value_codes: Vec::new(),
+        split: Vec::new(),
     })
 }
 
@@ -603,7 +614,7 @@ fn composite_missing(def: &SearchParamDef, name: &str, value: &str) -> FhirResul
 /// `\$` for a literal `$`. The first half names a token or a reference, which
 /// selects the row codes of the pairs. The second half is parsed as a value
 /// of the second component's kind.
-fn parse_composite(def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
+fn parse_composite(resource_type: &str, def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
     let code = def.code.as_str();
     let [first, second] = def.components() else {
         return Err(FhirError::NotSupported(format!(
@@ -635,6 +646,7 @@ fn parse_composite(def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
     }
     let mut values = Vec::with_capacity(parts.len());
     let mut value_codes = Vec::with_capacity(parts.len());
+    let mut split = Vec::new();
     for part in parts {
         // Two components mean one separator; a `$` inside a value is escaped.
         let halves = split_dollar(&part)
@@ -651,12 +663,60 @@ fn parse_composite(def: &SearchParamDef, value: &str) -> FhirResult<Filter> {
                 code,
             ));
         };
-        let form = first_form(&parse_value(first.kind, &Modifier::None, code, &a)?)
+        let first_value = parse_value(first.kind, &Modifier::None, code, &a)?;
+        let form = first_form(&first_value)
             .ok_or_else(|| invalid(format!("invalid first component '{a}' for '{code}'"), code))?;
-        values.push(parse_value(second.kind, &Modifier::None, code, &b)?);
-        value_codes.push(pair_codes(def, &form));
+        let second_value = parse_value(second.kind, &Modifier::None, code, &b)?;
+        if pairs_hold(def, &first_value) {
+            values.push(second_value);
+            value_codes.push(pair_codes(def, &form));
+        } else {
+            split.push((
+                plain_filter(resource_type, &first.code, first.kind, first_value),
+                plain_filter(resource_type, &second.code, second.kind, second_value),
+            ));
+        }
     }
-    Ok(composite_filter(def, second.kind, values, value_codes))
+    let mut filter = composite_filter(def, second.kind, values, value_codes);
+    filter.split = split;
+    Ok(filter)
+}
+
+/// Tells whether the pairs of `def` hold every first value that a search
+/// value names. A conjunction stores only the most specific form of each
+/// first value (see `composite`): `system|code` (or `|code`) for a token,
+/// `Type/id` for a typed reference.
+fn pairs_hold(def: &SearchParamDef, first: &SearchValue) -> bool {
+    !def.is_conjunction()
+        || match first {
+            SearchValue::Token { system, code } => system.is_some() && code.is_some(),
+            SearchValue::Reference {
+                target_type, id, ..
+            } => target_type.is_some() || id.is_none(),
+            _ => false,
+        }
+}
+
+/// Builds the filter `code=value` without modifier on a parameter of
+/// `resource_type`.
+fn plain_filter(
+    resource_type: &str,
+    code: &str,
+    kind: SearchParamType,
+    value: SearchValue,
+) -> Filter {
+    Filter {
+        code: code.to_owned(),
+        kind,
+        modifier: Modifier::None,
+        values: vec![value],
+        missing: None,
+        chain: None,
+        row_codes: row_codes(resource_type, code),
+        typed_base: typed_base(resource_type, code),
+        value_codes: Vec::new(),
+        split: Vec::new(),
+    }
 }
 
 /// Builds the filter of a composite from its values and their row codes.
@@ -679,6 +739,7 @@ fn composite_filter(
         row_codes,
         typed_base: None,
         value_codes,
+        split: Vec::new(),
     }
 }
 
@@ -712,8 +773,9 @@ fn pair_codes(def: &SearchParamDef, form: &str) -> Vec<String> {
 
 /// Replaces the two filters of a composite's parameters with one filter on
 /// its pairs, where the pairs are all pairs of their values (see
-/// `SearchParamDef::is_conjunction`). `code=X&value-quantity=gt7` becomes one
-/// lookup of the pairs under X with a value above 7. Apart, the two filters
+/// `SearchParamDef::is_conjunction`) and hold the codes the search names.
+/// `code=S|X&value-quantity=gt7` becomes one lookup of the pairs under S|X
+/// with a value above 7. Apart, the two filters
 /// would check the value of every resource with code X. Both forms match
 /// the same resources, so the results do not change.
 fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filter> {
@@ -735,6 +797,10 @@ fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filte
             continue;
         };
         if filters[a].values.len() * filters[b].values.len() > MAX_VALUES {
+            continue;
+        }
+        // A conjunction stores the most specific form of a code alone.
+        if !filters[a].values.iter().all(|value| pairs_hold(def, value)) {
             continue;
         }
         // A form longer than a row code keeps is cut there, and the pairs
@@ -761,6 +827,26 @@ fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filte
         filters.remove(a.max(b));
     }
     filters
+}
+
+/// Replaces a composite filter that is one split value alone with its two
+/// filters, so that either can select the candidates from its index rows
+/// (`4548-4$gt7` searches as `code=4548-4&value-quantity=gt7`). Any other
+/// composite with split values checks each candidate resource.
+fn unpair_single_splits(filters: Vec<Filter>) -> Vec<Filter> {
+    let mut result = Vec::with_capacity(filters.len());
+    for mut filter in filters {
+        if filter.values.is_empty()
+            && filter.split.len() == 1
+            && let Some((a, b)) = filter.split.pop()
+        {
+            result.push(a);
+            result.push(b);
+        } else {
+            result.push(filter);
+        }
+    }
+    result
 }
 
 /// Splits on commas that are not escaped, keeping every escape as written.

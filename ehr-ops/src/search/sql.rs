@@ -125,6 +125,7 @@ pub fn has_driving_filter(filters: &[Filter], needs_resource_row: bool) -> bool 
 fn is_driving(filter: &Filter) -> bool {
     filter.chain.is_none()
         && filter.missing.is_none()
+        && filter.split.is_empty()
         && filter.modifier != Modifier::Not
         && !matches!(filter.code.as_str(), "_id" | "_lastUpdated")
         && !matches!(
@@ -138,6 +139,7 @@ fn is_driving(filter: &Filter) -> bool {
 fn is_plain_date(filter: &Filter) -> bool {
     filter.kind == SearchParamType::Date
         && filter.value_codes.is_empty()
+        && filter.split.is_empty()
         && filter.code != "_lastUpdated"
         && filter.chain.is_none()
         && filter.missing.is_none()
@@ -292,6 +294,9 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
         qb.push(")");
         return;
     }
+    if !filter.split.is_empty() {
+        return push_split(qb, alias, filter);
+    }
     if filter.modifier == Modifier::Not {
         qb.push("NOT ");
     }
@@ -299,6 +304,33 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
     qb.push(" AND (");
     push_alternatives(qb, filter);
     qb.push("))");
+}
+
+/// Pushes a composite whose values are partly matched through its two
+/// parameters' own rows (see `Filter::split`): its pairs, or both filters of
+/// any split value.
+fn push_split(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
+    qb.push("(");
+    let mut first = true;
+    if !filter.values.is_empty() {
+        open_exists(qb, alias, filter);
+        qb.push(" AND (");
+        push_alternatives(qb, filter);
+        qb.push("))");
+        first = false;
+    }
+    for (a, b) in &filter.split {
+        if !first {
+            qb.push(" OR ");
+        }
+        first = false;
+        qb.push("(");
+        push_filter(qb, alias, a);
+        qb.push(" AND ");
+        push_filter(qb, alias, b);
+        qb.push(")");
+    }
+    qb.push(")");
 }
 
 fn push_id(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {

@@ -20,7 +20,8 @@ use crate::postgres::Database;
 /// The version of the extraction rules this server writes. Raise it when
 /// extraction yields different rows for a resource already stored.
 /// 1: composite parameters store the pairs of their two components.
-pub const INDEX_RULES: i32 = 1;
+/// 2: conjunctions store the pairs of each code's most specific form alone.
+pub const INDEX_RULES: i32 = 2;
 
 /// Resources read, extracted and rewritten in one transaction.
 const BATCH: i64 = 500;

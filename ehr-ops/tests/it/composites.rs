@@ -131,6 +131,20 @@ async fn composites_match_pairs_in_every_form() {
             "http://loinc.org|4548-4$lt7,http://loinc.org|2339-0$gt7",
             &["a1c-6.1", "glucose-7.5"],
         ),
+        // Codes named without their system match through the two
+        // parameters' rows, beside values found through the pairs.
+        (
+            "code-value-quantity",
+            "4548-4$gt8.5,http://loinc.org|2339-0$gt7",
+            &["glucose-7.5", "no-system-9"],
+        ),
+        (
+            "code-value-quantity",
+            "4548-4$gt8.5,http://loinc.org|$lt7",
+            &["a1c-6.1", "no-system-9"],
+        ),
+        ("code-value-date", "21112-8$ge2020-01-01", &["onset-2020"]),
+        ("code-value-date", "21112-8$lt2020", &[]),
         // Pairs stay inside one component: the diastolic code never pairs
         // with the systolic value.
         (
@@ -288,6 +302,24 @@ async fn parsed_conjunctions_become_one_pair_filter() {
         request.filters[1].value_codes,
         [["code-value-quantity$http://loinc.org|4548-4"]]
     );
+
+    // Pairs hold each code under its system, so a code without one keeps
+    // the two filters.
+    let request = params::parse(
+        "Observation",
+        &pairs(&[("code", "4548-4"), ("value-quantity", "gt7")]),
+    )
+    .expect("parse");
+    let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(codes, ["code", "value-quantity"]);
+    // The composite of one such value searches as those two filters.
+    let request = params::parse(
+        "Observation",
+        &pairs(&[("code-value-quantity", "4548-4$gt7")]),
+    )
+    .expect("parse");
+    let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(codes, ["code", "value-quantity"]);
 
     // value-string also matches a CodeableConcept's text, which the
     // composite does not pair, so those two filters stay apart.

@@ -14,6 +14,14 @@
 //! Coding has three: `system|code`, `code` (any system) and `system|` (any
 //! code of the system). A code without a system has `|code` and `code`, and
 //! a relative reference has `Type/id` and `id`.
+//!
+//! A conjunction (see `SearchParamDef::is_conjunction`) stores only the first
+//! of those forms, `system|code` for a Coding. Its pairs are every pair of its
+//! two parameters' values, so a search that names the first value another
+//! way matches the two parameters' own rows instead, with the same result.
+//! Observation's `code-value-quantity` alone would otherwise write three rows
+//! for each Observation with a quantity, most of them for forms that searches
+//! rarely use.
 
 use super::{ExtractError, IndexEntry, IndexValue, SearchParamDef, SearchParamType, convert};
 use crate::fhirpath::{Expression, Item, Variables};
@@ -92,7 +100,18 @@ pub fn reference_form(target_type: Option<&str>, id: Option<&str>, url: &str) ->
     }
 }
 
-/// Returns every form a search may name a first value by.
+/// Returns the forms whose pairs `def` stores for a first value: all of
+/// them, or the first alone for a conjunction.
+fn stored_forms(def: &SearchParamDef, value: &IndexValue) -> Vec<String> {
+    let mut forms = forms(value);
+    if def.is_conjunction() {
+        forms.truncate(1);
+    }
+    forms
+}
+
+/// Returns every form a search may name a first value by, the most specific
+/// first.
 fn forms(value: &IndexValue) -> Vec<String> {
     match value {
         IndexValue::Token {
@@ -119,10 +138,11 @@ fn forms(value: &IndexValue) -> Vec<String> {
             target_id: Some(id),
             url,
         } => {
-            let mut forms = vec![reference_form(None, Some(id), url)];
+            let mut forms = Vec::with_capacity(2);
             if let Some(target_type) = target_type {
                 forms.push(reference_form(Some(target_type), Some(id), url));
             }
+            forms.push(reference_form(None, Some(id), url));
             forms
         }
         IndexValue::Reference { url, .. } => vec![reference_form(None, None, url)],
@@ -176,7 +196,7 @@ pub(super) fn extract(
     {
         let forms: Vec<String> = firsts
             .iter()
-            .flat_map(|entry| forms(&entry.value))
+            .flat_map(|entry| stored_forms(def, &entry.value))
             .collect();
         let seconds = seconds.iter().map(|entry| &entry.value);
         push_pairs(&def.code, &forms, seconds, &mut HashSet::new(), entries);
@@ -214,7 +234,10 @@ pub(super) fn evaluate_pairs(
         {
             convert::convert(&params[first.position], &item, &mut firsts)?;
         }
-        let forms: Vec<String> = firsts.iter().flat_map(forms).collect();
+        let forms: Vec<String> = firsts
+            .iter()
+            .flat_map(|value| stored_forms(def, value))
+            .collect();
         if forms.is_empty() {
             continue;
         }
@@ -318,6 +341,6 @@ mod tests {
             target_id: Some("d1".to_owned()),
             url: "DocumentReference/d1".to_owned(),
         };
-        assert_eq!(forms(&reference), ["d1", "DocumentReference/d1"]);
+        assert_eq!(forms(&reference), ["DocumentReference/d1", "d1"]);
     }
 }
