@@ -370,12 +370,7 @@ impl CaptureWorker {
     }
 
     fn replication_url(&self) -> String {
-        let url = self.db.admin_url();
-        let separator = if url.contains('?') { '&' } else { '?' };
-        // UTC and ISO dates make timestamptz text predictable for decoding.
-        format!(
-            "{url}{separator}replication=database&application_name=infoctor-capture&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO"
-        )
+        replication_url(&self.db.admin_url())
     }
 
     fn stream_config(&self) -> ReplicationStreamConfig {
@@ -984,5 +979,60 @@ impl Tables {
             table.refresh().await?;
         }
         Ok(())
+    }
+}
+
+/// Returns the replication connection's URL for the administrator URL.
+///
+/// UTC and ISO dates make timestamptz text predictable for decoding. The
+/// replication client is libpq, which by default first looks for Kerberos
+/// credentials on every TCP connection, to offer GSSAPI transport
+/// encryption. The application's pools never use GSSAPI, so unless the URL
+/// sets `gssencmode`, the replication connection does not either and skips
+/// that Kerberos call.
+fn replication_url(admin_url: &str) -> String {
+    let separator = if admin_url.contains('?') { '&' } else { '?' };
+    let gss = if has_query_key(admin_url, "gssencmode") {
+        ""
+    } else {
+        "&gssencmode=disable"
+    };
+    format!(
+        "{admin_url}{separator}replication=database&application_name=infoctor-capture\
+         &options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO{gss}"
+    )
+}
+
+/// Tells whether a URL's query string sets `key`.
+fn has_query_key(url: &str, key: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(key))
+    })
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::replication_url;
+
+    #[test]
+    fn replication_urls_turn_off_gssapi_unless_set() {
+        assert_eq!(
+            replication_url("postgres://admin@127.0.0.1:5432/infoctor"),
+            "postgres://admin@127.0.0.1:5432/infoctor?replication=database\
+             &application_name=infoctor-capture&options=-c%20TimeZone%3DUTC%20-c%20DateStyle%3DISO\
+             &gssencmode=disable"
+        );
+        let socket =
+            replication_url("postgres://admin@localhost:5433/infoctor?host=%2Ftmp&sslmode=disable");
+        assert!(socket.starts_with("postgres://admin@localhost:5433/infoctor?host=%2Ftmp&sslmode=disable&replication=database&"));
+        assert!(socket.ends_with("&gssencmode=disable"));
+        let set = replication_url("postgres://admin@db.example:5432/infoctor?gssencmode=require");
+        assert!(set.contains("gssencmode=require"));
+        assert!(!set.contains("gssencmode=disable"));
+        // A longer key that ends with the name is another key.
+        let other = replication_url("postgres://admin@db.example/infoctor?xgssencmode=1");
+        assert!(other.ends_with("&gssencmode=disable"));
     }
 }
