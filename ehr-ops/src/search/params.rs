@@ -200,11 +200,10 @@ pub struct Filter {
     /// value the value's first half names. `values` then contains the second
     /// halves, and `row_codes` every code named here. Empty otherwise.
     pub value_codes: Vec<Vec<String>>,
-    /// For a conjunction (see `SearchParamDef::is_conjunction`): values
-    /// whose first half names the first value in a form its pairs do not
-    /// store (`4548-4$gt7`, any system). Each is a filter on each of the two
-    /// parameters, and matches where both do, as the pairs would. A resource
-    /// matches the composite when any of these or any of `values` does.
+    /// Values of a conjunction (see `SearchParamDef::is_conjunction`) that
+    /// names a code in a form its pairs do not store (`4548-4$gt7`, any
+    /// system). Each value is one filter on each of the two parameters, and
+    /// matches a resource where both filters do. `values` is then empty.
     pub split: Vec<(Filter, Filter)>,
 }
 
@@ -362,7 +361,7 @@ pub fn parse(resource_type: &str, pairs: &[(String, String)]) -> FhirResult<Sear
         request.defining_pairs.push((name.clone(), value.clone()));
     }
     request.filters = pair_conjunctions(resource_type, request.filters);
-    request.filters = unpair_single_splits(request.filters);
+    request.filters = expand_splits(request.filters);
     Ok(request)
 }
 
@@ -644,9 +643,7 @@ fn parse_composite(resource_type: &str, def: &SearchParamDef, value: &str) -> Fh
             code,
         ));
     }
-    let mut values = Vec::with_capacity(parts.len());
-    let mut value_codes = Vec::with_capacity(parts.len());
-    let mut split = Vec::new();
+    let mut alternatives = Vec::with_capacity(parts.len());
     for part in parts {
         // Two components mean one separator; a `$` inside a value is escaped.
         let halves = split_dollar(&part)
@@ -667,34 +664,51 @@ fn parse_composite(resource_type: &str, def: &SearchParamDef, value: &str) -> Fh
         let form = first_form(&first_value)
             .ok_or_else(|| invalid(format!("invalid first component '{a}' for '{code}'"), code))?;
         let second_value = parse_value(second.kind, &Modifier::None, code, &b)?;
-        if pairs_hold(def, &first_value) {
-            values.push(second_value);
-            value_codes.push(pair_codes(def, &form));
-        } else {
-            split.push((
-                plain_filter(resource_type, &first.code, first.kind, first_value),
-                plain_filter(resource_type, &second.code, second.kind, second_value),
-            ));
-        }
+        alternatives.push((first_value, form, second_value));
     }
-    let mut filter = composite_filter(def, second.kind, values, value_codes);
-    filter.split = split;
-    Ok(filter)
+    // A conjunction whose pairs lack the code of any value is matched
+    // through its two parameters' rows for all values (see `expand_splits`).
+    if def.is_conjunction()
+        && !alternatives
+            .iter()
+            .all(|(first_value, form, _)| pairs_hold(def, first_value, form))
+    {
+        let split = alternatives
+            .into_iter()
+            .map(|(first_value, _, second_value)| {
+                (
+                    plain_filter(resource_type, &first.code, first.kind, first_value),
+                    plain_filter(resource_type, &second.code, second.kind, second_value),
+                )
+            })
+            .collect();
+        let mut filter = composite_filter(def, second.kind, Vec::new(), Vec::new());
+        filter.split = split;
+        return Ok(filter);
+    }
+    let mut values = Vec::with_capacity(alternatives.len());
+    let mut value_codes = Vec::with_capacity(alternatives.len());
+    for (_, form, second_value) in alternatives {
+        values.push(second_value);
+        value_codes.push(pair_codes(def, &form));
+    }
+    Ok(composite_filter(def, second.kind, values, value_codes))
 }
 
 /// Tells whether the pairs of `def` hold every first value that a search
-/// value names. A conjunction stores only the most specific form of each
-/// first value (see `composite`): `system|code` (or `|code`) for a token,
-/// `Type/id` for a typed reference.
-fn pairs_hold(def: &SearchParamDef, first: &SearchValue) -> bool {
+/// value with this `form` names. A conjunction stores only the most specific
+/// form of each code (see `composite`), `system|code` or `|code`, and cuts
+/// forms longer than a row code keeps, which would then match codes that
+/// its token parameter distinguishes.
+fn pairs_hold(def: &SearchParamDef, first: &SearchValue, form: &str) -> bool {
     !def.is_conjunction()
-        || match first {
-            SearchValue::Token { system, code } => system.is_some() && code.is_some(),
-            SearchValue::Reference {
-                target_type, id, ..
-            } => target_type.is_some() || id.is_none(),
-            _ => false,
-        }
+        || (matches!(
+            first,
+            SearchValue::Token {
+                system: Some(_),
+                code: Some(_)
+            }
+        ) && form.len() <= composite::MAX_FORM_BYTES)
 }
 
 /// Builds the filter `code=value` without modifier on a parameter of
@@ -799,17 +813,10 @@ fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filte
         if filters[a].values.len() * filters[b].values.len() > MAX_VALUES {
             continue;
         }
-        // A conjunction stores the most specific form of a code alone.
-        if !filters[a].values.iter().all(|value| pairs_hold(def, value)) {
-            continue;
-        }
-        // A form longer than a row code keeps is cut there, and the pairs
-        // would then match codes that the token filter distinguishes.
         let Some(forms) = filters[a]
             .values
             .iter()
-            .map(first_form)
-            .map(|form| form.filter(|form| form.len() <= composite::MAX_FORM_BYTES))
+            .map(|value| first_form(value).filter(|form| pairs_hold(def, value, form)))
             .collect::<Option<Vec<String>>>()
         else {
             continue;
@@ -829,20 +836,43 @@ fn pair_conjunctions(resource_type: &str, mut filters: Vec<Filter>) -> Vec<Filte
     filters
 }
 
-/// Replaces a composite filter that is one split value alone with its two
-/// filters, so that either can select the candidates from its index rows
-/// (`4548-4$gt7` searches as `code=4548-4&value-quantity=gt7`). Any other
-/// composite with split values checks each candidate resource.
-fn unpair_single_splits(filters: Vec<Filter>) -> Vec<Filter> {
+/// Lets the index rows of a composite's first parameter select the
+/// candidates of a composite whose values are split (see `Filter::split`).
+/// When every value names the same first value, the composite is the two
+/// parameters' filters: `4548-4$gt7,4548-4$lt4` searches as
+/// `code=4548-4&value-quantity=gt7,lt4`. Otherwise a filter on the first
+/// parameter with every first value goes before the composite, which then
+/// checks only the resources that filter finds.
+fn expand_splits(filters: Vec<Filter>) -> Vec<Filter> {
     let mut result = Vec::with_capacity(filters.len());
-    for mut filter in filters {
-        if filter.values.is_empty()
-            && filter.split.len() == 1
-            && let Some((a, b)) = filter.split.pop()
-        {
-            result.push(a);
-            result.push(b);
+    for filter in filters {
+        let Some((first, _)) = filter.split.first() else {
+            result.push(filter);
+            continue;
+        };
+        let mut firsts = first.clone();
+        firsts.values.clear();
+        let mut forms: Vec<String> = Vec::new();
+        for (a, _) in &filter.split {
+            for value in &a.values {
+                let form = first_form(value).unwrap_or_default();
+                if !forms.contains(&form) {
+                    forms.push(form);
+                    firsts.values.push(value.clone());
+                }
+            }
+        }
+        if let [_] = forms.as_slice() {
+            let mut seconds = filter.split[0].1.clone();
+            seconds.values = filter
+                .split
+                .iter()
+                .flat_map(|(_, b)| b.values.iter().cloned())
+                .collect();
+            result.push(firsts);
+            result.push(seconds);
         } else {
+            result.push(firsts);
             result.push(filter);
         }
     }
@@ -910,6 +940,21 @@ fn split_values(value: &str) -> Vec<String> {
 }
 
 /// Splits a token at the first unescaped `|`.
+/// Counts the `|` characters of a token that no backslash escapes.
+fn unescaped_pipes(value: &str) -> usize {
+    let mut count = 0;
+    let mut escaped = false;
+    for c in value.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '|' => count += 1,
+            _ => {}
+        }
+    }
+    count
+}
+
 fn split_pipe(value: &str) -> (Option<String>, String) {
     let mut index = None;
     let bytes = value.as_bytes();
@@ -938,6 +983,15 @@ fn parse_value(
             exact: value.to_owned(),
         }),
         SearchParamType::Token => {
+            if unescaped_pipes(value) > 1 {
+                return Err(invalid(
+                    format!(
+                        "invalid token '{value}' for '{code}': use [system|]code with one '|', \
+                         and escape a '|' inside the system or code as '\\|'"
+                    ),
+                    code,
+                ));
+            }
             let (system, code_part) = split_pipe(value);
             let system = system.map(|s| if s.is_empty() { None } else { Some(s) });
             let code_part = if code_part.is_empty() {
@@ -945,8 +999,13 @@ fn parse_value(
             } else {
                 Some(code_part)
             };
-            if system.is_none() && code_part.is_none() {
-                return Err(invalid(format!("empty token for '{code}'"), code));
+            if matches!(system, None | Some(None)) && code_part.is_none() {
+                return Err(invalid(
+                    format!(
+                        "empty token '{value}' for '{code}': give a code, system|code or system|"
+                    ),
+                    code,
+                ));
             }
             Ok(SearchValue::Token {
                 system,
@@ -971,16 +1030,22 @@ fn parse_value(
         }
         SearchParamType::Quantity => {
             let (prefix, rest) = split_prefix(value);
-            let mut parts = rest.splitn(3, '|');
-            let number_text = parts.next().unwrap_or_default();
-            let number = NumberValue::parse(number_text).ok_or_else(|| {
+            let malformed = || {
                 invalid(
                     format!(
-                        "invalid quantity '{value}' for '{code}': use [prefix]number[|system|code]"
+                        "invalid quantity '{value}' for '{code}': use [prefix]number, \
+                         [prefix]number|system|code or [prefix]number||code"
                     ),
                     code,
                 )
-            })?;
+            };
+            // A number alone, or a number with both a system and a code part.
+            if !matches!(rest.matches('|').count(), 0 | 2) {
+                return Err(malformed());
+            }
+            let mut parts = rest.splitn(3, '|');
+            let number_text = parts.next().unwrap_or_default();
+            let number = NumberValue::parse(number_text).ok_or_else(malformed)?;
             let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
             let unit = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
             Ok(SearchValue::Quantity(prefix, number, system, unit))

@@ -306,31 +306,55 @@ fn push_filter(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
     qb.push("))");
 }
 
-/// Pushes a composite whose values are partly matched through its two
-/// parameters' own rows (see `Filter::split`): its pairs, or both filters of
-/// any split value.
+/// Pushes a composite matched through its two parameters' own rows (see
+/// `Filter::split`): one row of the first parameter and one of the second,
+/// both of the resource, match one of its values. One probe of each table
+/// by resource key checks every value at once.
 fn push_split(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
-    qb.push("(");
-    let mut first = true;
-    if !filter.values.is_empty() {
-        open_exists(qb, alias, filter);
-        qb.push(" AND (");
-        push_alternatives(qb, filter);
-        qb.push("))");
-        first = false;
-    }
+    let Some((first, second)) = filter.split.first() else {
+        qb.push("false");
+        return;
+    };
+    qb.push(format!(
+        "EXISTS (SELECT 1 FROM {} a JOIN {} i ON i.resource_key = a.resource_key \
+         AND i.tenant = a.tenant AND i.resource_type = a.resource_type AND i.id = a.id \
+         WHERE a.resource_key = {alias}.resource_key AND a.tenant = {alias}.tenant \
+         AND a.resource_type = {alias}.resource_type AND a.id = {alias}.id AND a.code = ANY(",
+        index_table(first.kind),
+        index_table(second.kind),
+    ));
+    qb.push_bind(first.row_codes.clone());
+    qb.push(") AND i.code = ANY(");
+    qb.push_bind(second.row_codes.clone());
+    qb.push(") AND (");
+    let mut separator = "";
     for (a, b) in &filter.split {
-        if !first {
-            qb.push(" OR ");
+        for (first_value, second_value) in a.values.iter().zip(&b.values) {
+            qb.push(separator);
+            separator = " OR ";
+            qb.push("(");
+            match first_value {
+                SearchValue::Token { system, code } => {
+                    push_token(
+                        qb,
+                        "a",
+                        system.as_ref().map(Option::as_deref),
+                        code.as_deref(),
+                    );
+                }
+                _ => {
+                    qb.push("false");
+                }
+            }
+            qb.push(" AND ");
+            push_value(qb, &Modifier::None, second_value);
+            qb.push(")");
         }
-        first = false;
-        qb.push("(");
-        push_filter(qb, alias, a);
-        qb.push(" AND ");
-        push_filter(qb, alias, b);
-        qb.push(")");
     }
-    qb.push(")");
+    if separator.is_empty() {
+        qb.push("false");
+    }
+    qb.push("))");
 }
 
 fn push_id(qb: &mut QueryBuilder<Postgres>, alias: &str, filter: &Filter) {
@@ -587,6 +611,38 @@ fn like_escape(text: &str) -> String {
         .replace('_', "\\_")
 }
 
+/// Pushes the condition that token row `alias` contains `code` in `system`
+/// (see `SearchValue::Token`).
+fn push_token(
+    qb: &mut QueryBuilder<Postgres>,
+    alias: &str,
+    system: Option<Option<&str>>,
+    code: Option<&str>,
+) {
+    let mut conditions = 0;
+    if let Some(code) = code {
+        qb.push(format!("{alias}.value = "));
+        qb.push_bind(cut(code));
+        conditions += 1;
+    }
+    if let Some(system) = system {
+        if conditions > 0 {
+            qb.push(" AND ");
+        }
+        match system {
+            None => qb.push(format!("{alias}.system IS NULL")),
+            Some(system) => {
+                qb.push(format!("{alias}.system = "));
+                qb.push_bind(cut(system))
+            }
+        };
+        conditions += 1;
+    }
+    if conditions == 0 {
+        qb.push("true");
+    }
+}
+
 fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &SearchValue) {
     match value {
         SearchValue::String { normalized, exact } => match modifier {
@@ -615,28 +671,12 @@ fn push_value(qb: &mut QueryBuilder<Postgres>, modifier: &Modifier, value: &Sear
             _ => push_prefix(qb, normalized),
         },
         SearchValue::Token { system, code } => {
-            let mut first = true;
-            if let Some(code) = code {
-                qb.push("i.value = ");
-                qb.push_bind(cut(code));
-                first = false;
-            }
-            match system {
-                None => {}
-                Some(None) => {
-                    if !first {
-                        qb.push(" AND ");
-                    }
-                    qb.push("i.system IS NULL");
-                }
-                Some(Some(system)) => {
-                    if !first {
-                        qb.push(" AND ");
-                    }
-                    qb.push("i.system = ");
-                    qb.push_bind(cut(system));
-                }
-            }
+            push_token(
+                qb,
+                "i",
+                system.as_ref().map(Option::as_deref),
+                code.as_deref(),
+            );
         }
         SearchValue::Date(prefix, range) => {
             let (low, high) = date_bounds(*prefix, range);

@@ -145,6 +145,23 @@ async fn composites_match_pairs_in_every_form() {
         ),
         ("code-value-date", "21112-8$ge2020-01-01", &["onset-2020"]),
         ("code-value-date", "21112-8$lt2020", &[]),
+        // Each code pairs only with its own values: 9 with 4548-4 and 7.5
+        // with 2339-0.
+        (
+            "code-value-quantity",
+            "4548-4$gt8.5,2339-0$lt7",
+            &["no-system-9"],
+        ),
+        (
+            "code-value-quantity",
+            "4548-4$gt8.5,2339-0$lt7,2339-0$gt7,4548-4$lt6.5",
+            &["a1c-6.1", "glucose-7.5", "no-system-9"],
+        ),
+        (
+            "code-value-concept",
+            "72166-2$8517006,|4548-4$8517006",
+            &["smoker"],
+        ),
         // Pairs stay inside one component: the diastolic code never pairs
         // with the systolic value.
         (
@@ -303,7 +320,7 @@ async fn parsed_conjunctions_become_one_pair_filter() {
         [["code-value-quantity$http://loinc.org|4548-4"]]
     );
 
-    // Pairs hold each code under its system, so a code without one keeps
+    // Pairs contain each code with its system, so a code without one keeps
     // the two filters.
     let request = params::parse(
         "Observation",
@@ -312,14 +329,31 @@ async fn parsed_conjunctions_become_one_pair_filter() {
     .expect("parse");
     let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
     assert_eq!(codes, ["code", "value-quantity"]);
-    // The composite of one such value searches as those two filters.
+    // A composite whose values all name one such code searches as those
+    // two filters.
     let request = params::parse(
         "Observation",
-        &pairs(&[("code-value-quantity", "4548-4$gt7")]),
+        &pairs(&[("code-value-quantity", "4548-4$gt7,4548-4$lt4")]),
     )
     .expect("parse");
     let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
     assert_eq!(codes, ["code", "value-quantity"]);
+    assert_eq!(request.filters[0].values.len(), 1);
+    assert_eq!(request.filters[1].values.len(), 2);
+    // With several codes, a filter on all of them finds the candidates and
+    // the composite checks each value's pair on them.
+    let request = params::parse(
+        "Observation",
+        &pairs(&[(
+            "code-value-quantity",
+            "4548-4$gt7,http://loinc.org|2339-0$gt7,4548-4$lt4",
+        )]),
+    )
+    .expect("parse");
+    let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
+    assert_eq!(codes, ["code", "code-value-quantity"]);
+    assert_eq!(request.filters[0].values.len(), 2);
+    assert_eq!(request.filters[1].split.len(), 3);
 
     // value-string also matches a CodeableConcept's text, which the
     // composite does not pair, so those two filters stay apart.
@@ -613,14 +647,37 @@ async fn long_codes_with_values_match_whole_codes() {
             &["long-1"],
         )
         .await;
-    // The composite itself compares the first 256 bytes, as documented.
+    // A conjunction's pairs keep the first 256 bytes of a code, so the
+    // composite matches such a code through the code's own rows instead.
     named
         .assert_search(
             &server,
             &tenant,
             "Observation",
             &[("code-value-quantity", &format!("{code}$gt1"))],
-            &["long-1", "long-2"],
+            &["long-1"],
+        )
+        .await;
+    // Pairs within components compare the first 256 bytes, as documented.
+    for last in ['1', '2'] {
+        let observation = json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": coded(Some(LOINC), "85354-9"),
+            "component": [{"code": coded(Some("http://x.org"), &long(last)),
+                           "valueQuantity": {"value": 5, "unit": "%"}}]
+        });
+        named
+            .add(&server, &tenant, &format!("component-{last}"), observation)
+            .await;
+    }
+    named
+        .assert_search(
+            &server,
+            &tenant,
+            "Observation",
+            &[("component-code-value-quantity", &format!("{code}$gt1"))],
+            &["component-1", "component-2"],
         )
         .await;
 }

@@ -1631,7 +1631,7 @@ async fn includes_add_referenced_resources() {
 async fn invalid_queries_are_rejected() {
     let server = server().await;
     let tenant = server.tenant().await;
-    let cases: [(&str, &str, &str, u16, &str); 12] = [
+    let cases: [(&str, &str, &str, u16, &str); 17] = [
         ("Patient", "foo", "bar", 400, "foo"),
         (
             "RiskAssessment",
@@ -1658,6 +1658,35 @@ async fn invalid_queries_are_rejected() {
             "gtfive",
             400,
             "value-quantity",
+        ),
+        (
+            "Observation",
+            "value-quantity",
+            "gt7|",
+            400,
+            "value-quantity",
+        ),
+        (
+            "Observation",
+            "value-quantity",
+            "gt7|a|b|c",
+            400,
+            "value-quantity",
+        ),
+        ("Observation", "code", "|", 400, "code"),
+        (
+            "Observation",
+            "code",
+            "http://loinc.org|4548-4|x",
+            400,
+            "code",
+        ),
+        (
+            "Observation",
+            "code-value-concept",
+            "72166-2$a|b|c",
+            400,
+            "code-value-concept",
         ),
         ("Observation", "subject", "Patient/", 400, "subject"),
         ("Patient", "_id", "a\0b", 400, "_id"),

@@ -465,7 +465,11 @@ fn is_conjunction(
     components: &[Component],
     defs: &[SearchParamDef],
 ) -> bool {
-    if def.expression.as_deref() != Some(resource_type) {
+    // Searches name a token's forms exactly or loosely (`code`, `system|`);
+    // only tokens lead the pairs of a conjunction.
+    if def.expression.as_deref() != Some(resource_type)
+        || components.first().map(|first| first.kind) != Some(SearchParamType::Token)
+    {
         return false;
     }
     let members = |text: &str, prefix: Option<&str>, kind: SearchParamType| {

@@ -370,7 +370,7 @@ impl CaptureWorker {
     }
 
     fn replication_url(&self) -> String {
-        replication_url(&self.db.admin_url())
+        replication_url(self.db.admin_url())
     }
 
     fn stream_config(&self) -> ReplicationStreamConfig {
