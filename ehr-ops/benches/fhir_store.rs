@@ -1,7 +1,7 @@
 //! Bulk-load throughput and search latency of the FHIR store.
 //!
 //! Loads the 400-patient Synthea R4 set into a fresh tenant and reports
-//! resources per second, then runs six typical searches through the HTTP
+//! resources per second, then runs seven typical searches through the HTTP
 //! API and reports p50 and p95 latency. It then replicates the set under new
 //! ids until the tenant contains over one million resources and measures the
 //! searches again.
@@ -170,6 +170,11 @@ async fn measure(
         (
             "Observation?code=4548-4&value-quantity=gt7",
             Box::new(|_| "Observation?code=4548-4&value-quantity=gt7".to_owned()),
+        ),
+        // The newest results of the whole tenant, which no filter narrows.
+        (
+            "Observation?_sort=-date&_count=20",
+            Box::new(|_| "Observation?_sort=-date&_count=20".to_owned()),
         ),
     ];
     let mut results = Vec::new();

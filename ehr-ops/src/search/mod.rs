@@ -171,54 +171,30 @@ pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirRes
     }
     let backward = cursor.as_ref().is_some_and(|c| c.d == "p");
 
-    let mut qb = QueryBuilder::new(if total_in_page {
-        "WITH m AS MATERIALIZED (SELECT r.id"
-    } else {
-        "WITH m AS (SELECT r.id"
-    });
-    for (n, column) in columns.iter().enumerate() {
-        qb.push(format!(", {} AS s{n}", column.expression));
-    }
-    push_base(&mut qb, request);
-    qb.push(") SELECT q.id");
-    if total_in_page {
-        qb.push(", (SELECT count(*) FROM m)");
-    }
-    for n in 0..columns.len() {
-        qb.push(format!(", q.s{n}::text"));
-    }
-    qb.push(" FROM m q WHERE true");
-    if let Some(cursor) = &cursor {
-        push_keyset(&mut qb, &columns, &cursor.v, backward);
-    }
-    qb.push(" ORDER BY ");
-    for (n, column) in columns.iter().enumerate() {
-        let descending = column.descending != backward;
-        qb.push(format!(
-            "{}q.s{n} {}",
-            if n > 0 { ", " } else { "" },
-            if descending { "DESC" } else { "ASC" }
-        ));
-    }
-    qb.push(" LIMIT ");
-    qb.push_bind(request.count + 1);
-
-    let rows: Vec<sqlx::postgres::PgRow> = qb.build().fetch_all(&mut *conn).await.map_err(|err| {
-        // Cursor values are cast to their sort column's type; a tampered or
-        // foreign cursor fails that cast (SQLSTATE class 22, data exception).
-        let data_exception = err
-            .as_database_error()
-            .and_then(|db| db.code())
-            .is_some_and(|code| code.starts_with("22"));
-        if data_exception && cursor.is_some() {
-            FhirError::invalid(
-                "invalid _cursor: it does not belong to this search; start again from the first page".to_owned(),
-                Some("_cursor"),
-            )
-        } else {
-            FhirError::Database(err)
+    // A newest-first date sort over candidates that no filter selects reads
+    // the newest dates first and tries the resources that have them.
+    let query = PageQuery {
+        request,
+        columns: &columns,
+        cursor: cursor.as_ref(),
+        backward,
+        total_in_page,
+    };
+    let mut rows = None;
+    if let Some((code, bound)) = newest_date_bound(conn, request, cursor.as_ref(), backward).await?
+    {
+        let newer = query.build(Some((code.as_str(), bound.as_str())));
+        let found = fetch_page(conn, newer, cursor.is_some()).await?;
+        // Fewer than `count + 1` rows means resources with older dates may
+        // belong on the page.
+        if found.len() as i64 > request.count {
+            rows = Some(found);
         }
-    })?;
+    }
+    let rows = match rows {
+        Some(rows) => rows,
+        None => fetch_page(conn, query.build(None), cursor.is_some()).await?,
+    };
     let first_value = if total_in_page { 2 } else { 1 };
     let mut keys: Vec<(String, Vec<String>)> = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -275,6 +251,148 @@ pub async fn search(conn: &mut PgConnection, request: &SearchRequest) -> FhirRes
     page.matches = keys.iter().filter_map(|(id, _)| found.remove(id)).collect();
     add_includes(conn, request, &mut page).await?;
     Ok(page)
+}
+
+/// Date rows read per row of a page when looking for the newest dates.
+const NEWEST_ROWS_PER_MATCH: i64 = 4;
+
+/// Returns the row code of the date parameter that sorts the search newest
+/// first, and the end of its `n`-th newest value, `n` being a few times the
+/// page size. It applies when no filter selects the candidates from its
+/// index rows.
+///
+/// Every resource sorted before that value has a value ending at or after
+/// it. A page drawn from those resources is therefore the true page whenever
+/// they fill it. Returns nothing when the search does not qualify or there
+/// are fewer values.
+async fn newest_date_bound(
+    conn: &mut PgConnection,
+    request: &SearchRequest,
+    cursor: Option<&Cursor>,
+    backward: bool,
+) -> FhirResult<Option<(String, String)>> {
+    let Some(key) = request.sort.first() else {
+        return Ok(None);
+    };
+    let [code] = key.row_codes.as_slice() else {
+        return Ok(None);
+    };
+    if key.kind != infoctor_fhir::search::SearchParamType::Date
+        || !key.descending
+        || key.code == "_lastUpdated"
+        || backward
+        || needs_resource_row(request)
+        || sql::has_driving_filter(&request.filters, false)
+    {
+        return Ok(None);
+    }
+    let rows = (request.count + 1).saturating_mul(NEWEST_ROWS_PER_MATCH);
+    let mut qb = QueryBuilder::new("");
+    let before = cursor
+        .and_then(|cursor| cursor.v.first())
+        .map(String::as_str);
+    sql::push_newest_dates(&mut qb, &request.resource_type, code, before);
+    qb.push(" LIMIT 1 OFFSET ");
+    qb.push_bind(rows - 1);
+    let bound: Option<String> = qb
+        .build_query_scalar()
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|err| cursor_error(err, cursor.is_some()))?;
+    Ok(bound.map(|bound| (code.clone(), bound)))
+}
+
+/// The parts of a search that shape its page query.
+struct PageQuery<'a> {
+    request: &'a SearchRequest,
+    columns: &'a [SortColumn],
+    cursor: Option<&'a Cursor>,
+    backward: bool,
+    total_in_page: bool,
+}
+
+impl PageQuery<'_> {
+    /// Builds the query of one page, with its sort values, and with the
+    /// total when `total_in_page`. With `newer`, a date row code and a
+    /// bound, the candidates are the resources with a value of that
+    /// parameter ending at or after the bound.
+    fn build(&self, newer: Option<(&str, &str)>) -> QueryBuilder<Postgres> {
+        let mut qb = QueryBuilder::new(if self.total_in_page {
+            "WITH m AS MATERIALIZED (SELECT r.id"
+        } else {
+            "WITH m AS (SELECT r.id"
+        });
+        for (n, column) in self.columns.iter().enumerate() {
+            qb.push(format!(", {} AS s{n}", column.expression));
+        }
+
+        match newer {
+            Some((code, bound)) => sql::push_from_newer_dates(
+                &mut qb,
+                &self.request.resource_type,
+                code,
+                bound,
+                &self.request.filters,
+            ),
+            None => push_base(&mut qb, self.request),
+        }
+
+        qb.push(") SELECT q.id");
+        if self.total_in_page {
+            qb.push(", (SELECT count(*) FROM m)");
+        }
+        for n in 0..self.columns.len() {
+            qb.push(format!(", q.s{n}::text"));
+        }
+        qb.push(" FROM m q WHERE true");
+        if let Some(cursor) = self.cursor {
+            push_keyset(&mut qb, self.columns, &cursor.v, self.backward);
+        }
+
+        qb.push(" ORDER BY ");
+        for (n, column) in self.columns.iter().enumerate() {
+            let descending = column.descending != self.backward;
+            qb.push(format!(
+                "{}q.s{n} {}",
+                if n > 0 { ", " } else { "" },
+                if descending { "DESC" } else { "ASC" }
+            ));
+        }
+        qb.push(" LIMIT ");
+        qb.push_bind(self.request.count + 1);
+        qb
+    }
+}
+
+/// Runs a page query.
+async fn fetch_page(
+    conn: &mut PgConnection,
+    mut qb: QueryBuilder<Postgres>,
+    has_cursor: bool,
+) -> FhirResult<Vec<sqlx::postgres::PgRow>> {
+    qb.build()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|err| cursor_error(err, has_cursor))
+}
+
+/// Maps a failed query to an invalid `_cursor` where the cursor caused it.
+/// Cursor values are cast to their sort column's type, so a tampered or
+/// foreign cursor fails that cast (SQLSTATE class 22, data exception).
+fn cursor_error(err: sqlx::Error, has_cursor: bool) -> FhirError {
+    let data_exception = err
+        .as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code.starts_with("22"));
+    if data_exception && has_cursor {
+        FhirError::invalid(
+            "invalid _cursor: it does not belong to this search; start again from the first page"
+                .to_owned(),
+            Some("_cursor"),
+        )
+    } else {
+        FhirError::Database(err)
+    }
 }
 
 fn push_keyset(

@@ -114,6 +114,71 @@ pub fn push_from_and_filters(
     push_filters(qb, "r", &rest);
 }
 
+/// A point after every stored date, from which the distance operator of the
+/// date index orders values newest first. Stored dates end by year 10000
+/// (year 9999 with a negative offset), and the distance to the earliest one
+/// still fits an interval.
+const AFTER_ALL_DATES: &str = "10001-01-01T00:00:00Z";
+
+/// Pushes `SELECT i.high::text FROM idx_date i WHERE ...`: the ends of the
+/// stored values of date parameter `code`, newest first, at or before
+/// `before` when given (PostgreSQL text of a timestamptz). The date index
+/// returns them in that order by distance, without reading the other rows.
+pub fn push_newest_dates(
+    qb: &mut QueryBuilder<Postgres>,
+    resource_type: &str,
+    code: &str,
+    before: Option<&str>,
+) {
+    qb.push(
+        "SELECT i.high::text FROM idx_date i WHERE i.tenant = current_setting('infoctor.tenant') \
+         AND i.resource_type = ",
+    );
+    push_date_rows(qb, resource_type, code);
+    if let Some(before) = before {
+        qb.push(" AND i.high <= ");
+        qb.push_bind(before.to_owned());
+        qb.push("::timestamptz");
+    }
+    qb.push(format!(
+        " ORDER BY i.high <-> '{AFTER_ALL_DATES}'::timestamptz"
+    ));
+}
+
+/// Pushes the `FROM` clause and the filters of a search over
+/// `resource_type` whose candidates are the resources with a value of date
+/// parameter `code` ending at or after `bound` (PostgreSQL text of a
+/// timestamptz). Sorted newest first by that parameter, they are the head of
+/// the whole result. See [`push_from_and_filters`] for the shape.
+pub fn push_from_newer_dates(
+    qb: &mut QueryBuilder<Postgres>,
+    resource_type: &str,
+    code: &str,
+    bound: &str,
+    filters: &[Filter],
+) {
+    qb.push(
+        " FROM (SELECT DISTINCT i.tenant, i.resource_type, i.id, i.resource_key FROM idx_date i \
+         WHERE i.tenant = current_setting('infoctor.tenant') AND i.resource_type = ",
+    );
+    push_date_rows(qb, resource_type, code);
+    qb.push(" AND i.high >= ");
+    qb.push_bind(bound.to_owned());
+    qb.push("::timestamptz) r WHERE true");
+    push_filters(qb, "r", filters);
+}
+
+/// Pushes `<type> AND <key and code of parameter code>` for date rows `i`.
+fn push_date_rows(qb: &mut QueryBuilder<Postgres>, resource_type: &str, code: &str) {
+    qb.push_bind(resource_type.to_owned());
+    qb.push(" AND i.param_key = idx_param_key(current_setting('infoctor.tenant'), ");
+    qb.push_bind(resource_type.to_owned());
+    qb.push(", ");
+    qb.push_bind(code.to_owned());
+    qb.push(") AND i.code = ");
+    qb.push_bind(code.to_owned());
+}
+
 /// Tells whether [`push_from_and_filters`] selects the candidates from one
 /// filter's index rows. Such a search produces all its matches before it can
 /// order them, so counting them costs nothing more than paging them.

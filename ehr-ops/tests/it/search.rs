@@ -1534,6 +1534,84 @@ async fn sort_orders_and_pages() {
 }
 
 #[tokio::test]
+async fn newest_first_pages_match_one_sorted_page() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    // Dates in several precisions, ties, periods whose end is newer than
+    // their start, and Observations without a date, which sort last.
+    let mut bodies = Vec::new();
+    for n in 0..24 {
+        let day = 1 + n % 9;
+        bodies.push(observation_at(&format!("2020-03-{day:02}T10:00:00Z")));
+    }
+    for effective in ["2020-03", "2021", "2020-03-05"] {
+        bodies.push(observation_at(effective));
+    }
+    for (start, end) in [("2019-01-01", "2020-03-07"), ("2020-03-08", "2022-01-01")] {
+        let mut body = observation(json!({"text": "period"}));
+        body["effectivePeriod"] = json!({"start": start, "end": end});
+        bodies.push(body);
+    }
+    for _ in 0..3 {
+        bodies.push(observation(json!({"text": "no date"})));
+    }
+    // The newest dates belong to preliminary results, so a search without
+    // them finds none of its page among the newest dates.
+    for _ in 0..10 {
+        bodies.push(observation_at("2023-06-01"));
+    }
+    let mut preliminary = HashSet::new();
+    for (n, body) in bodies.iter_mut().enumerate() {
+        let is_preliminary = n % 5 == 0 || body["effectiveDateTime"] == "2023-06-01";
+        if is_preliminary {
+            body["status"] = json!("preliminary");
+        }
+        let id = create_id(&server, &tenant, body).await;
+        if is_preliminary {
+            preliminary.insert(id);
+        }
+    }
+
+    for extra in [None, Some(("status:not", "preliminary"))] {
+        for sort in ["-date", "-date,-_id"] {
+            let mut query = vec![("_sort", sort), ("_count", "1000")];
+            query.extend(extra);
+            let (status, bundle) = search(&server, &tenant, "Observation", &query).await;
+            assert_eq!(status, 200, "{bundle}");
+            let expected = page_ids(&bundle);
+            let expected_len = if extra.is_some() {
+                bodies.len() - preliminary.len()
+            } else {
+                bodies.len()
+            };
+            assert_eq!(expected.len(), expected_len, "_sort={sort} {extra:?}");
+            assert!(
+                expected
+                    .iter()
+                    .all(|id| extra.is_none() || !preliminary.contains(id))
+            );
+
+            // Small pages read the newest dates first, and fall back to the
+            // whole sort once too few dates remain before the cursor.
+            for count in ["1", "2", "5"] {
+                let mut query = vec![("_sort", sort), ("_count", count)];
+                query.extend(extra);
+                let (_, mut page) = search(&server, &tenant, "Observation", &query).await;
+                let mut walked = Vec::new();
+                loop {
+                    walked.extend(page_ids(&page));
+                    let Some(next) = link(&page, "next").map(str::to_owned) else {
+                        break;
+                    };
+                    page = get_url(&server, &next).await.1;
+                }
+                assert_eq!(walked, expected, "_sort={sort} _count={count} {extra:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn includes_add_referenced_resources() {
     let server = server().await;
     let tenant = server.tenant().await;
