@@ -11,8 +11,9 @@
 //! Parsing, validation and index extraction run on a blocking thread while
 //! the previous batch is written, so CPU work and database work overlap.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,6 +63,15 @@ pub enum LoadError {
 
 /// Concurrent database writers of one load.
 const WRITERS: usize = 3;
+
+/// Longest NDJSON line a load reads, uncompressed. The API takes bodies of
+/// 32 MiB by default, and a longer line means a resource that belongs in
+/// pieces or input that is not NDJSON.
+const MAX_LINE_BYTES: usize = 64 << 20;
+
+/// Longest Bundle file a load reads, uncompressed. The whole Bundle is
+/// parsed in memory, several times its text in size.
+const MAX_BUNDLE_BYTES: usize = 1 << 30;
 
 /// Writes after which a load refreshes the planner statistics.
 const ANALYZE_AFTER_WRITES: usize = 10_000;
@@ -167,6 +177,10 @@ pub struct LoadReport {
     /// Index rows of conditional references (`Type?identifier=...`) that
     /// now point at their target, in the whole tenant.
     pub references_resolved: u64,
+    /// Resources whose type and id occurred earlier in the same load. Each
+    /// occurrence is written as the next version, in input order, so the
+    /// same input loaded again adds versions.
+    pub repeated: usize,
 }
 
 impl LoadReport {
@@ -357,6 +371,12 @@ pub async fn load(
         ));
     }
     let skipped = std::sync::Mutex::new(BTreeMap::<String, usize>::new());
+    // A 64-bit hash of each type and id, about 16 bytes per resource. With
+    // ten million resources, the chance of a collision, which would only
+    // miscount repeats, is about three in a million.
+    let mut seen: HashSet<u64> = HashSet::new();
+    let repeat_hasher = std::collections::hash_map::RandomState::new();
+    let mut repeated = 0usize;
     let dispatch = async {
         let senders = senders;
         while let Some(item) = receiver.recv().await {
@@ -365,6 +385,18 @@ pub async fn load(
                     let mut parts: Vec<Vec<PreparedResource>> =
                         (0..WRITERS).map(|_| Vec::new()).collect();
                     for prepared in batch {
+                        let key = repeat_hasher
+                            .hash_one((prepared.resource_type.as_str(), prepared.id.as_str()));
+                        if !seen.insert(key) {
+                            if repeated == 0 {
+                                tracing::warn!(
+                                    resource_type = %prepared.resource_type,
+                                    id = %prepared.id,
+                                    "a resource occurs more than once in this load; each occurrence becomes a version"
+                                );
+                            }
+                            repeated += 1;
+                        }
                         parts[writer_for(&prepared)].push(prepared);
                     }
                     for (sender, part) in senders.iter().zip(parts) {
@@ -407,6 +439,7 @@ pub async fn load(
     for (resource_type, count) in skipped.into_inner().unwrap_or_default() {
         report.per_type.entry(resource_type).or_default().skipped += count;
     }
+    report.repeated = repeated;
     drop(receiver);
     let produced = producer.await.map_err(|err| {
         LoadError::Store(FhirError::Internal(format!("loader thread failed: {err}")))
@@ -718,17 +751,29 @@ fn produce_with(
                     let mut number: usize = 0;
                     loop {
                         buffer.clear();
-                        let read =
-                            reader
-                                .read_line(&mut buffer)
-                                .map_err(|source| LoadError::Io {
-                                    path: file.clone(),
-                                    source,
-                                })?;
+                        // The bound keeps a line without end (`/dev/zero`, a
+                        // compressed bomb) from taking all memory.
+                        let read = (&mut reader)
+                            .take(MAX_LINE_BYTES as u64 + 1)
+                            .read_line(&mut buffer)
+                            .map_err(|source| LoadError::Io {
+                                path: file.clone(),
+                                source,
+                            })?;
                         if read == 0 {
                             break;
                         }
                         number += 1;
+                        if read > MAX_LINE_BYTES {
+                            return Err(LoadError::Invalid {
+                                location: format!("{display}:{number}"),
+                                message: format!(
+                                    "line longer than {} MiB; a resource this large must be \
+                                     split (attachments as Binary resources) before loading",
+                                    MAX_LINE_BYTES >> 20
+                                ),
+                            });
+                        }
                         // The line without its `\n` or `\r\n`, as `BufRead::lines` gives it.
                         let line = buffer.strip_suffix('\n').map_or(buffer.as_str(), |line| {
                             line.strip_suffix('\r').unwrap_or(line)
@@ -748,11 +793,20 @@ fn produce_with(
                     }
                 }
                 FileKind::Bundle => {
-                    let bundle: Value =
-                        serde_json::from_reader(reader).map_err(|err| LoadError::Invalid {
-                            location: display.clone(),
-                            message: format!("malformed JSON: {err}"),
-                        })?;
+                    let mut bounded = reader.take(MAX_BUNDLE_BYTES as u64 + 1);
+                    let parsed: Result<Value, _> = serde_json::from_reader(&mut bounded);
+                    let bundle = parsed.map_err(|err| LoadError::Invalid {
+                        location: display.clone(),
+                        message: if bounded.limit() == 0 {
+                            format!(
+                                "Bundle longer than {} MiB; split it into smaller Bundles \
+                                 or NDJSON files",
+                                MAX_BUNDLE_BYTES >> 20
+                            )
+                        } else {
+                            format!("malformed JSON: {err}")
+                        },
+                    })?;
                     for (resource_type, id, resource, location) in
                         bundle_resources(bundle, &display)?
                     {

@@ -408,6 +408,80 @@ async fn malformed_line_stops_and_resumes() {
 }
 
 #[tokio::test]
+async fn endless_lines_stop_the_load() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // 80 MiB of zeros without a newline compress to about 360 kB.
+    let bomb = |name: &str| -> PathBuf {
+        let path = dir.path().join(name);
+        let file = std::fs::File::create(&path).expect("create");
+        let mut encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let zeros = vec![b'0'; 1 << 20];
+        for _ in 0..80 {
+            encoder.write_all(&zeros).expect("write");
+        }
+        encoder.finish().expect("finish");
+        path
+    };
+    let ndjson = bomb("bomb.ndjson.gz");
+    let err = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&ndjson),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect_err("an endless line must stop the load");
+    let message = err.to_string();
+    assert!(matches!(err, LoadError::Invalid { .. }), "{message}");
+    assert!(
+        message.contains(&format!("{}:1", ndjson.display())),
+        "{message}"
+    );
+    assert!(message.contains("longer than 64 MiB"), "{message}");
+    assert_eq!(version_rows(&server, &tenant).await, 0);
+}
+
+#[tokio::test]
+async fn repeated_ids_are_counted() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = patient_lines(1).remove(0);
+    let mut lines = Vec::new();
+    for gender in ["unknown", "female", "other"] {
+        let mut value: Value = serde_json::from_str(&first).expect("JSON line");
+        value["gender"] = Value::from(gender);
+        lines.push(value.to_string());
+    }
+    lines.extend(patient_lines(3).into_iter().skip(1));
+    let path = write_ndjson(dir.path(), "Patient.ndjson", &lines);
+    for batch_size in [1, 10] {
+        let options = LoadOptions {
+            batch_size,
+            skip_invalid: false,
+        };
+        let report = load(
+            &server.db,
+            &tenant,
+            std::slice::from_ref(&path),
+            &options,
+            &NoProgress,
+        )
+        .await
+        .expect("load");
+        assert_eq!(report.repeated, 2, "batch size {batch_size}");
+    }
+    // Each occurrence is a version, in input order, the last one current.
+    let id = line_id(&first);
+    let (_, patient) = server.get(&tenant, &format!("Patient/{id}")).await;
+    assert_eq!(patient["gender"], "other");
+    assert_eq!(patient["meta"]["versionId"], "6");
+}
+
+#[tokio::test]
 async fn skip_invalid_counts_skipped_resources() {
     let server = server().await;
     let tenant = server.tenant().await;

@@ -108,6 +108,14 @@ pub fn print_report(report: &LoadReport) {
             report.references_resolved
         );
     }
+    if report.repeated > 0 {
+        println!(
+            "warning: {} resources repeat a type and id read earlier in this load; each was \
+             stored as a new version, so loading the same input again adds versions. Keep one \
+             line per resource to make reloads change nothing",
+            report.repeated
+        );
+    }
 }
 
 /// Loads paths into a tenant with a progress bar.
