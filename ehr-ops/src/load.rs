@@ -1088,11 +1088,30 @@ fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<BundleResource>,
                 message: "missing resourceType".to_owned(),
             })?
             .to_owned();
+        if entry.pointer("/request/ifNoneExist").is_some() {
+            return Err(LoadError::Invalid {
+                location,
+                message: "conditional create (request.ifNoneExist) cannot be bulk loaded; \
+                          send the Bundle to the API"
+                    .to_owned(),
+            });
+        }
         let full_url = entry.get("fullUrl").and_then(Value::as_str);
+        let own_id = resource.get("id").and_then(Value::as_str);
         let id = match (
             full_url.and_then(|url| url.strip_prefix("urn:uuid:")),
-            resource.get("id").and_then(Value::as_str),
+            own_id,
         ) {
+            (Some(uuid), Some(own)) if own != uuid => {
+                return Err(LoadError::Invalid {
+                    location,
+                    message: format!(
+                        "fullUrl 'urn:uuid:{uuid}' and the resource's id '{own}' differ; \
+                         the loader stores the entry as {resource_type}/{uuid}, so remove \
+                         the id or make the two agree"
+                    ),
+                });
+            }
             (Some(uuid), _) => uuid.to_owned(),
             (None, Some(id)) => id.to_owned(),
             (None, None) => {
@@ -1110,8 +1129,33 @@ fn bundle_resources(bundle: Value, display: &str) -> Result<Vec<BundleResource>,
                 })?
             }
         };
+        // `request.url` is `Type` for a create and `Type/id` for an update.
+        if let Some(url) = entry.pointer("/request/url").and_then(Value::as_str) {
+            let path = url.split('?').next().unwrap_or_default();
+            let mut segments = path.split('/');
+            let url_type = segments.next().unwrap_or_default();
+            let url_id = segments.next();
+            if url_type != resource_type || url_id.is_some_and(|url_id| url_id != id) {
+                return Err(LoadError::Invalid {
+                    location,
+                    message: format!(
+                        "request.url '{url}' does not name the entry's resource \
+                         {resource_type}/{id}; make the URL, the resource's type and its id agree"
+                    ),
+                });
+            }
+        }
         if let Some(full_url) = full_url {
-            references.insert(full_url.to_owned(), format!("{resource_type}/{id}"));
+            let target = format!("{resource_type}/{id}");
+            if let Some(earlier) = references.insert(full_url.to_owned(), target) {
+                return Err(LoadError::Invalid {
+                    location,
+                    message: format!(
+                        "fullUrl '{full_url}' already names {earlier} earlier in the Bundle; \
+                         give each entry its own fullUrl"
+                    ),
+                });
+            }
         }
         resources.push((resource_type, id, resource, location));
     }

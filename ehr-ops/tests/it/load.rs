@@ -482,6 +482,82 @@ async fn repeated_ids_are_counted() {
 }
 
 #[tokio::test]
+async fn inconsistent_bundle_entries_are_rejected() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let uuid = "3f0c1f52-5f5e-4d35-9a56-6d7c1a1b2c3d";
+    let patient = |id: Option<&str>| {
+        let mut body = serde_json::json!({"resourceType": "Patient", "gender": "female"});
+        if let Some(id) = id {
+            body["id"] = Value::from(id);
+        }
+        body
+    };
+    let cases = [
+        (
+            "put-other-id",
+            serde_json::json!([{"resource": patient(Some("bbb")),
+                                "request": {"method": "PUT", "url": "Patient/ccc"}}]),
+            "request.url 'Patient/ccc'",
+        ),
+        (
+            "put-other-type",
+            serde_json::json!([{"resource": patient(Some("pm1")),
+                                "request": {"method": "PUT", "url": "Observation/pm1"}}]),
+            "request.url 'Observation/pm1'",
+        ),
+        (
+            "uuid-and-id",
+            serde_json::json!([{"fullUrl": format!("urn:uuid:{uuid}"),
+                                "resource": patient(Some("other-id")),
+                                "request": {"method": "POST", "url": "Patient"}}]),
+            "and the resource's id 'other-id' differ",
+        ),
+        (
+            "shared-full-url",
+            serde_json::json!([
+                {"fullUrl": format!("urn:uuid:{uuid}"), "resource": patient(None),
+                 "request": {"method": "POST", "url": "Patient"}},
+                {"fullUrl": format!("urn:uuid:{uuid}"), "resource": patient(None),
+                 "request": {"method": "POST", "url": "Patient"}}
+            ]),
+            "already names Patient/",
+        ),
+        (
+            "if-none-exist",
+            serde_json::json!([{"resource": patient(Some("p1")),
+                                "request": {"method": "POST", "url": "Patient",
+                                            "ifNoneExist": "identifier=x|1"}}]),
+            "ifNoneExist",
+        ),
+    ];
+    for (name, entries, expected) in cases {
+        let path = dir.path().join(format!("{name}.json"));
+        let bundle =
+            serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        std::fs::write(&path, bundle.to_string()).expect("write bundle");
+        let err = load(
+            &server.db,
+            &tenant,
+            std::slice::from_ref(&path),
+            &LoadOptions::default(),
+            &NoProgress,
+        )
+        .await
+        .expect_err("an inconsistent entry must stop the load");
+        let message = err.to_string();
+        assert!(
+            matches!(err, LoadError::Invalid { .. }),
+            "{name}: {message}"
+        );
+        assert!(message.contains(expected), "{name}: {message}");
+        assert!(message.contains(" entry "), "{name}: {message}");
+    }
+    assert_eq!(version_rows(&server, &tenant).await, 0);
+}
+
+#[tokio::test]
 async fn skip_invalid_counts_skipped_resources() {
     let server = server().await;
     let tenant = server.tenant().await;
