@@ -30,7 +30,7 @@ use crate::store::{self, PreparedResource, bulk};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// A path does not exist or cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -756,9 +756,20 @@ fn produce_with(
                         let read = (&mut reader)
                             .take(MAX_LINE_BYTES as u64 + 1)
                             .read_line(&mut buffer)
-                            .map_err(|source| LoadError::Io {
-                                path: file.clone(),
-                                source,
+                            .map_err(|source| {
+                                if source.kind() == std::io::ErrorKind::InvalidData {
+                                    LoadError::Invalid {
+                                        location: format!("{display}:{}", number + 1),
+                                        message: "the line is not valid UTF-8; save the file \
+                                                  as UTF-8"
+                                            .to_owned(),
+                                    }
+                                } else {
+                                    LoadError::Io {
+                                        path: file.clone(),
+                                        source,
+                                    }
+                                }
                             })?;
                         if read == 0 {
                             break;
@@ -775,9 +786,13 @@ fn produce_with(
                             });
                         }
                         // The line without its `\n` or `\r\n`, as `BufRead::lines` gives it.
-                        let line = buffer.strip_suffix('\n').map_or(buffer.as_str(), |line| {
+                        let mut line = buffer.strip_suffix('\n').map_or(buffer.as_str(), |line| {
                             line.strip_suffix('\r').unwrap_or(line)
                         });
+                        // Editors on Windows start UTF-8 files with a byte order mark.
+                        if number == 1 {
+                            line = line.strip_prefix('\u{feff}').unwrap_or(line);
+                        }
                         if line.trim().is_empty() {
                             continue;
                         }

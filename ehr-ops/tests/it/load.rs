@@ -558,6 +558,47 @@ async fn inconsistent_bundle_entries_are_rejected() {
 }
 
 #[tokio::test]
+async fn byte_order_marks_load_and_bad_utf8_is_located() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lines = patient_lines(2);
+    let mut bom = lines.clone();
+    bom[0] = format!("\u{feff}{}", bom[0]);
+    let path = write_ndjson(dir.path(), "bom.ndjson", &bom);
+    let report = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("a file that starts with a byte order mark loads");
+    assert_eq!(report.per_type["Patient"].created, 2);
+
+    let path = dir.path().join("latin1.ndjson");
+    let mut bytes = format!("{}\n", lines[0]).into_bytes();
+    bytes.extend_from_slice(b"{\"resourceType\": \"Patient\", \"id\": \"caf\xe9\"}\n");
+    std::fs::write(&path, bytes).expect("write file");
+    let err = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&path),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect_err("invalid UTF-8 must stop the load");
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{}:2", path.display())),
+        "{message}"
+    );
+    assert!(message.contains("not valid UTF-8"), "{message}");
+}
+
+#[tokio::test]
 async fn skip_invalid_counts_skipped_resources() {
     let server = server().await;
     let tenant = server.tenant().await;
