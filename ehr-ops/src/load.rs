@@ -220,6 +220,14 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
         if metadata.is_dir() {
             let mut found = Vec::new();
             walk(path, &mut found)?;
+            if found.is_empty() {
+                return Err(LoadError::Invalid {
+                    location: path.display().to_string(),
+                    message: "the folder holds no .ndjson, .ndjson.gz, .json or .json.gz \
+                              files; name the files to load, or check the path"
+                        .to_owned(),
+                });
+            }
             found.sort();
             files.extend(found);
         } else if file_kind(path).is_some() {
@@ -247,9 +255,30 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> Result<(), LoadError> {
             walk(&path, found)?;
         } else if file_kind(&path).is_some() {
             found.push(path);
+        } else if looks_like_data(&path) {
+            tracing::warn!(
+                path = %path.display(),
+                "skipping a file that is not .ndjson, .ndjson.gz, .json or .json.gz; \
+                 decompress or rename it to load it"
+            );
         }
     }
     Ok(())
+}
+
+/// Tells whether a file that a folder load skips is named like FHIR data
+/// in another form (`.jsonl`, `.ndjson.zst`), which deserves a warning,
+/// unlike a README or a licence beside the data.
+fn looks_like_data(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    name != "log.ndjson"
+        && [".ndjson", ".json", ".jsonl"]
+            .iter()
+            .any(|ext| name.contains(ext))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -789,7 +818,7 @@ fn produce_with(
                         let mut line = buffer.strip_suffix('\n').map_or(buffer.as_str(), |line| {
                             line.strip_suffix('\r').unwrap_or(line)
                         });
-                        // Editors on Windows start UTF-8 files with a byte order mark.
+                        // Some Windows tools start UTF-8 files with a byte order mark.
                         if number == 1 {
                             line = line.strip_prefix('\u{feff}').unwrap_or(line);
                         }

@@ -599,6 +599,43 @@ async fn byte_order_marks_load_and_bad_utf8_is_located() {
 }
 
 #[tokio::test]
+async fn folders_without_data_files_stop_the_load() {
+    let server = server().await;
+    let tenant = server.tenant().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lines = patient_lines(1);
+    std::fs::write(dir.path().join("README.txt"), "not data").expect("write");
+    write_ndjson(dir.path(), "Patient.jsonl", &lines);
+    let folder = dir.path().to_path_buf();
+    let err = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&folder),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect_err("a folder without data files must stop the load");
+    let message = err.to_string();
+    assert!(message.contains("holds no .ndjson"), "{message}");
+    assert!(message.contains(&folder.display().to_string()), "{message}");
+
+    // Beside a file it can read, the others are skipped with a warning.
+    write_ndjson(dir.path(), "Patient.ndjson", &lines);
+    let report = load(
+        &server.db,
+        &tenant,
+        std::slice::from_ref(&folder),
+        &LoadOptions::default(),
+        &NoProgress,
+    )
+    .await
+    .expect("load");
+    assert_eq!(report.files, 1);
+    assert_eq!(report.per_type["Patient"].created, 1);
+}
+
+#[tokio::test]
 async fn skip_invalid_counts_skipped_resources() {
     let server = server().await;
     let tenant = server.tenant().await;
