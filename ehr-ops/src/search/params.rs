@@ -561,18 +561,7 @@ pub fn parse_filter(resource_type: &str, name: &str, value: &str) -> FhirResult<
             name,
         ));
     }
-    Ok(Filter {
-        code: code.to_owned(),
-        kind,
-        modifier,
-        values,
-        missing: None,
-        chain: None,
-        row_codes: row_codes(resource_type, code),
-        typed_base: typed_base(resource_type, code),
-        value_codes: Vec::new(),
-        split: Vec::new(),
-    })
+    Ok(plain_filter(resource_type, code, kind, modifier, values))
 }
 
 fn parse_missing(name: &str, value: &str) -> FhirResult<bool> {
@@ -677,8 +666,20 @@ fn parse_composite(resource_type: &str, def: &SearchParamDef, value: &str) -> Fh
             .into_iter()
             .map(|(first_value, _, second_value)| {
                 (
-                    plain_filter(resource_type, &first.code, first.kind, first_value),
-                    plain_filter(resource_type, &second.code, second.kind, second_value),
+                    plain_filter(
+                        resource_type,
+                        &first.code,
+                        first.kind,
+                        Modifier::None,
+                        vec![first_value],
+                    ),
+                    plain_filter(
+                        resource_type,
+                        &second.code,
+                        second.kind,
+                        Modifier::None,
+                        vec![second_value],
+                    ),
                 )
             })
             .collect();
@@ -711,19 +712,20 @@ fn pairs_hold(def: &SearchParamDef, first: &SearchValue, form: &str) -> bool {
         ) && form.len() <= composite::MAX_FORM_BYTES)
 }
 
-/// Builds the filter `code=value` without modifier on a parameter of
-/// `resource_type`.
+/// Builds the filter `code:modifier=values` on a parameter of
+/// `resource_type`, without chain or `:missing`.
 fn plain_filter(
     resource_type: &str,
     code: &str,
     kind: SearchParamType,
-    value: SearchValue,
+    modifier: Modifier,
+    values: Vec<SearchValue>,
 ) -> Filter {
     Filter {
         code: code.to_owned(),
         kind,
-        modifier: Modifier::None,
-        values: vec![value],
+        modifier,
+        values,
         missing: None,
         chain: None,
         row_codes: row_codes(resource_type, code),

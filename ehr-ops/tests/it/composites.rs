@@ -298,23 +298,24 @@ async fn code_and_value_filters_match_pairs() {
 
 #[tokio::test]
 async fn parsed_conjunctions_become_one_pair_filter() {
-    use infoctor_ehr_ops::search::params;
-    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-        list.iter()
+    use infoctor_ehr_ops::search::params::{self, SearchRequest};
+    let parse = |list: &[(&str, &str)]| -> SearchRequest {
+        let pairs: Vec<(String, String)> = list
+            .iter()
             .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect()
+            .collect();
+        params::parse("Observation", &pairs).expect("parse")
     };
-    let request = params::parse(
-        "Observation",
-        &pairs(&[
-            ("status", "final"),
-            ("code", "http://loinc.org|4548-4"),
-            ("value-quantity", "gt7"),
-        ]),
-    )
-    .expect("parse");
-    let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
-    assert_eq!(codes, ["status", "code-value-quantity"]);
+    let codes = |request: &SearchRequest| -> Vec<String> {
+        request.filters.iter().map(|f| f.code.clone()).collect()
+    };
+
+    let request = parse(&[
+        ("status", "final"),
+        ("code", "http://loinc.org|4548-4"),
+        ("value-quantity", "gt7"),
+    ]);
+    assert_eq!(codes(&request), ["status", "code-value-quantity"]);
     assert_eq!(
         request.filters[1].value_codes,
         [["code-value-quantity$http://loinc.org|4548-4"]]
@@ -322,48 +323,30 @@ async fn parsed_conjunctions_become_one_pair_filter() {
 
     // Pairs contain each code with its system, so a code without one keeps
     // the two filters.
-    let request = params::parse(
-        "Observation",
-        &pairs(&[("code", "4548-4"), ("value-quantity", "gt7")]),
-    )
-    .expect("parse");
-    let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
-    assert_eq!(codes, ["code", "value-quantity"]);
+    let request = parse(&[("code", "4548-4"), ("value-quantity", "gt7")]);
+    assert_eq!(codes(&request), ["code", "value-quantity"]);
+
     // A composite whose values all name one such code searches as those
     // two filters.
-    let request = params::parse(
-        "Observation",
-        &pairs(&[("code-value-quantity", "4548-4$gt7,4548-4$lt4")]),
-    )
-    .expect("parse");
-    let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
-    assert_eq!(codes, ["code", "value-quantity"]);
+    let request = parse(&[("code-value-quantity", "4548-4$gt7,4548-4$lt4")]);
+    assert_eq!(codes(&request), ["code", "value-quantity"]);
     assert_eq!(request.filters[0].values.len(), 1);
     assert_eq!(request.filters[1].values.len(), 2);
+
     // With several codes, a filter on all of them finds the candidates and
     // the composite checks each value's pair on them.
-    let request = params::parse(
-        "Observation",
-        &pairs(&[(
-            "code-value-quantity",
-            "4548-4$gt7,http://loinc.org|2339-0$gt7,4548-4$lt4",
-        )]),
-    )
-    .expect("parse");
-    let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
-    assert_eq!(codes, ["code", "code-value-quantity"]);
+    let request = parse(&[(
+        "code-value-quantity",
+        "4548-4$gt7,http://loinc.org|2339-0$gt7,4548-4$lt4",
+    )]);
+    assert_eq!(codes(&request), ["code", "code-value-quantity"]);
     assert_eq!(request.filters[0].values.len(), 2);
     assert_eq!(request.filters[1].split.len(), 3);
 
     // value-string also matches a CodeableConcept's text, which the
     // composite does not pair, so those two filters stay apart.
-    let request = params::parse(
-        "Observation",
-        &pairs(&[("code", "8251-1"), ("value-string", "feel")]),
-    )
-    .expect("parse");
-    let codes: Vec<&str> = request.filters.iter().map(|f| f.code.as_str()).collect();
-    assert_eq!(codes, ["code", "value-string"]);
+    let request = parse(&[("code", "8251-1"), ("value-string", "feel")]);
+    assert_eq!(codes(&request), ["code", "value-string"]);
 }
 
 #[tokio::test]

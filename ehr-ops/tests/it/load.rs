@@ -105,6 +105,23 @@ fn write_ndjson(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
     path
 }
 
+/// Loads one file or folder into the tenant.
+async fn load_one(
+    server: &TestServer,
+    tenant: &str,
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<LoadReport, LoadError> {
+    load(
+        &server.db,
+        tenant,
+        &[path.to_path_buf()],
+        options,
+        &NoProgress,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn synthea_export_loads_exact_counts() {
     let server = server().await;
@@ -424,16 +441,11 @@ async fn endless_lines_stop_the_load() {
         encoder.finish().expect("finish");
         path
     };
+
     let ndjson = bomb("bomb.ndjson.gz");
-    let err = load(
-        &server.db,
-        &tenant,
-        std::slice::from_ref(&ndjson),
-        &LoadOptions::default(),
-        &NoProgress,
-    )
-    .await
-    .expect_err("an endless line must stop the load");
+    let err = load_one(&server, &tenant, &ndjson, &LoadOptions::default())
+        .await
+        .expect_err("an endless line must stop the load");
     let message = err.to_string();
     assert!(matches!(err, LoadError::Invalid { .. }), "{message}");
     assert!(
@@ -458,20 +470,15 @@ async fn repeated_ids_are_counted() {
     }
     lines.extend(patient_lines(3).into_iter().skip(1));
     let path = write_ndjson(dir.path(), "Patient.ndjson", &lines);
+
     for batch_size in [1, 10] {
         let options = LoadOptions {
             batch_size,
             skip_invalid: false,
         };
-        let report = load(
-            &server.db,
-            &tenant,
-            std::slice::from_ref(&path),
-            &options,
-            &NoProgress,
-        )
-        .await
-        .expect("load");
+        let report = load_one(&server, &tenant, &path, &options)
+            .await
+            .expect("load");
         assert_eq!(report.repeated, 2, "batch size {batch_size}");
     }
     // Each occurrence is a version, in input order, the last one current.
@@ -537,15 +544,9 @@ async fn inconsistent_bundle_entries_are_rejected() {
         let bundle =
             serde_json::json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
         std::fs::write(&path, bundle.to_string()).expect("write bundle");
-        let err = load(
-            &server.db,
-            &tenant,
-            std::slice::from_ref(&path),
-            &LoadOptions::default(),
-            &NoProgress,
-        )
-        .await
-        .expect_err("an inconsistent entry must stop the load");
+        let err = load_one(&server, &tenant, &path, &LoadOptions::default())
+            .await
+            .expect_err("an inconsistent entry must stop the load");
         let message = err.to_string();
         assert!(
             matches!(err, LoadError::Invalid { .. }),
@@ -558,7 +559,7 @@ async fn inconsistent_bundle_entries_are_rejected() {
 }
 
 #[tokio::test]
-async fn byte_order_marks_load_and_bad_utf8_is_located() {
+async fn utf8_marks_load_and_errors_stop() {
     let server = server().await;
     let tenant = server.tenant().await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -566,30 +567,18 @@ async fn byte_order_marks_load_and_bad_utf8_is_located() {
     let mut bom = lines.clone();
     bom[0] = format!("\u{feff}{}", bom[0]);
     let path = write_ndjson(dir.path(), "bom.ndjson", &bom);
-    let report = load(
-        &server.db,
-        &tenant,
-        std::slice::from_ref(&path),
-        &LoadOptions::default(),
-        &NoProgress,
-    )
-    .await
-    .expect("a file that starts with a byte order mark loads");
+    let report = load_one(&server, &tenant, &path, &LoadOptions::default())
+        .await
+        .expect("a file that starts with a byte order mark loads");
     assert_eq!(report.per_type["Patient"].created, 2);
 
     let path = dir.path().join("latin1.ndjson");
     let mut bytes = format!("{}\n", lines[0]).into_bytes();
     bytes.extend_from_slice(b"{\"resourceType\": \"Patient\", \"id\": \"caf\xe9\"}\n");
     std::fs::write(&path, bytes).expect("write file");
-    let err = load(
-        &server.db,
-        &tenant,
-        std::slice::from_ref(&path),
-        &LoadOptions::default(),
-        &NoProgress,
-    )
-    .await
-    .expect_err("invalid UTF-8 must stop the load");
+    let err = load_one(&server, &tenant, &path, &LoadOptions::default())
+        .await
+        .expect_err("invalid UTF-8 must stop the load");
     let message = err.to_string();
     assert!(
         message.contains(&format!("{}:2", path.display())),
@@ -607,30 +596,18 @@ async fn folders_without_data_files_stop_the_load() {
     std::fs::write(dir.path().join("README.txt"), "not data").expect("write");
     write_ndjson(dir.path(), "Patient.jsonl", &lines);
     let folder = dir.path().to_path_buf();
-    let err = load(
-        &server.db,
-        &tenant,
-        std::slice::from_ref(&folder),
-        &LoadOptions::default(),
-        &NoProgress,
-    )
-    .await
-    .expect_err("a folder without data files must stop the load");
+    let err = load_one(&server, &tenant, &folder, &LoadOptions::default())
+        .await
+        .expect_err("a folder without data files must stop the load");
     let message = err.to_string();
     assert!(message.contains("holds no .ndjson"), "{message}");
     assert!(message.contains(&folder.display().to_string()), "{message}");
 
     // Beside a file it can read, the others are skipped with a warning.
     write_ndjson(dir.path(), "Patient.ndjson", &lines);
-    let report = load(
-        &server.db,
-        &tenant,
-        std::slice::from_ref(&folder),
-        &LoadOptions::default(),
-        &NoProgress,
-    )
-    .await
-    .expect("load");
+    let report = load_one(&server, &tenant, &folder, &LoadOptions::default())
+        .await
+        .expect("load");
     assert_eq!(report.files, 1);
     assert_eq!(report.per_type["Patient"].created, 1);
 }
